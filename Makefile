@@ -1,0 +1,53 @@
+# Two entry points matter (README Quickstart): `make run` and `make test`.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.installed
+APT_STAMP := .venv-apt-done
+# Debian packages the tests and the synthetic corpus need (TTS engines, codecs, prometheus, compose).
+APT_PACKAGES := espeak-ng sox libsox-fmt-all ffmpeg libsndfile1 festival flite festvox-kallpc16k \
+	festvox-kdlpc16k festvox-us-slt-hts fortunes wordnet-base bible-kjv-text prometheus docker-compose
+PORT ?= 8000
+MODEL_DIR ?= models/default
+
+.PHONY: setup setup-apt run test test-slow lint bench demo-model clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e '.[dev]'
+	touch $(STAMP)
+
+setup-apt:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:$$missing"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+
+setup: setup-apt $(STAMP)
+
+run: $(STAMP)
+	$(VENV)/bin/hubert-lstm serve --model-dir $(MODEL_DIR) --port $(PORT)
+
+test: setup
+	$(VENV)/bin/pytest -q
+
+test-slow: setup
+	$(VENV)/bin/pytest -q -m slow
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+bench: setup
+	$(PY) benchmarks/model_speed.py
+	$(PY) benchmarks/service_load.py
+
+demo-model: setup
+	bash scripts/demo_model.sh
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache
