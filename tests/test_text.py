@@ -2,7 +2,8 @@ from model_training.text import CharVocab, normalize_text
 
 
 def test_normalize_text_superb_charset() -> None:
-    assert normalize_text("Hello, world! It's  long-term café.") == "HELLO WORLD IT'S LONG TERM CAFE"
+    text = "Hello, world! It's  long-term café."
+    assert normalize_text(text) == "HELLO WORLD IT'S LONG TERM CAFE"
     assert normalize_text("'quoted' 42 —") == "QUOTED"
 
 
