@@ -1,0 +1,88 @@
+"""Service settings: one pydantic-settings object, built once at start-up and injected.
+
+Every field can be set from the environment with the `HLSTM_` prefix, e.g.
+`HLSTM_MODEL_DIR=models/default HLSTM_DEVICE=cuda HLSTM_FP16=true`. List fields take JSON
+(`HLSTM_CORS_ORIGINS='["https://a.example"]'`) or a comma-separated string.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+#: Samples per 20 ms frame at 16 kHz (the student's CNN stride).
+SAMPLES_PER_FRAME = 320
+
+
+class Settings(BaseSettings):
+    """Validated service configuration (see the module docstring for the environment names)."""
+
+    model_config = SettingsConfigDict(env_prefix="HLSTM_", extra="ignore")
+
+    model_dir: Path = Field(Path("models/default"), description="Bundle directory to serve.")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="auto = CUDA when available, else CPU."
+    )
+    fp16: bool = Field(False, description="Autocast to float16 on CUDA (ignored on CPU).")
+    max_batch_size: int = Field(16, ge=1, le=1024, description="Most requests per batch.")
+    max_batch_frames: int = Field(
+        24_000,
+        ge=1,
+        description="Padded-frame budget per batch: longest item x count, in 20 ms frames. "
+        "An item longer than the budget still runs, alone.",
+    )
+    max_wait_ms: float = Field(10.0, ge=0, description="Longest wait for a batch to fill.")
+    queue_limit: int = Field(256, ge=1, description="Requests waiting for a batch; 429 beyond.")
+    request_timeout_s: float = Field(60.0, gt=0, description="Queue wait + compute, then 504.")
+    max_upload_mb: float = Field(50.0, gt=0, description="Request body limit (413 beyond).")
+    max_audio_seconds: float = Field(600.0, gt=0, description="Per-file duration limit (413).")
+    max_files: int = Field(32, ge=1, description="Most files in one embeddings request.")
+    api_key: SecretStr | None = Field(
+        None, description="When set, /v1 routes need `Authorization: Bearer <key>`."
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Allowed CORS origins; empty disables CORS."
+    )
+    log_level: str = Field("INFO", description="Root log level.")
+    json_logs: bool = Field(True, description="JSON log lines with request ids.")
+    warmup: bool = Field(True, description="Run a dummy batch before reporting ready.")
+    decode_workers: int = Field(2, ge=1, description="Threads decoding uploads.")
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        """Accept a JSON list or a comma-separated string from the environment."""
+        if isinstance(value, str):
+            value = value.strip()
+            if value.startswith("["):
+                import json
+
+                return json.loads(value)
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _upper_level(cls, value: str) -> str:
+        level = value.upper()
+        if level not in {"CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"}:
+            raise ValueError(f"log_level must be a logging level name, found {value!r}")
+        return level
+
+    @property
+    def max_upload_bytes(self) -> int:
+        """The upload limit in bytes."""
+        return int(self.max_upload_mb * 1024 * 1024)
+
+    def resolved_device(self) -> str:
+        """'cuda' or 'cpu'; `auto` picks CUDA when available. Raises if CUDA is asked but absent."""
+        import torch
+
+        if self.device == "auto":
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise ValueError("HLSTM_DEVICE=cuda but torch.cuda.is_available() is False")
+        return self.device
