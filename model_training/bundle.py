@@ -1,0 +1,202 @@
+"""The bundle: the one artifact between training and serving.
+
+A directory with
+    config.json        format + version, upstream type and config, CTC head config, vocabulary,
+                       sample rate, frame rate, layer names, quantization, provenance
+    model.safetensors  fp32 weights ("upstream.*" and, with a recognizer, "head.*")
+    README.md          the model card
+No pickle is ever loaded: the model is rebuilt from config.json and the weights are safetensors.
+`quantize: "int8"` is applied at load time with dynamic quantization of LSTM and Linear layers
+(int8 weights are not a safetensors-portable format, and the fp32 weights keep the bundle
+re-quantizable).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from model_training.models.ctc import ASRModel, CTCHead, CTCHeadConfig
+from model_training.models.registry import build_upstream, inference_config, upstream_type_name
+from model_training.text import CharVocab
+
+log = logging.getLogger(__name__)
+
+BUNDLE_FORMAT = "hubert-lstm-bundle"
+BUNDLE_VERSION = 1
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+CARD_FILE = "README.md"
+QUANTIZE_CHOICES = (None, "int8")
+
+
+@dataclass
+class Bundle:
+    """A loaded bundle: the model in eval mode on its device, plus what serving needs."""
+
+    model: nn.Module  # ASRModel when has_ctc, else the bare upstream
+    vocab: CharVocab | None
+    config: dict[str, Any]
+    path: Path
+
+    @property
+    def has_ctc(self) -> bool:
+        """True when the bundle can transcribe."""
+        return isinstance(self.model, ASRModel)
+
+    @property
+    def upstream(self) -> nn.Module:
+        """The feature model (for embeddings)."""
+        return self.model.upstream if isinstance(self.model, ASRModel) else self.model
+
+    @property
+    def name(self) -> str:
+        """Model id shown by the API."""
+        return str(self.config.get("name") or self.path.name)
+
+    @property
+    def sample_rate(self) -> int:
+        """Expected input sample rate."""
+        return int(self.config["sample_rate"])
+
+    @property
+    def frame_rate(self) -> float:
+        """Frames per second of every hidden state and of the CTC output."""
+        return float(self.config["frame_rate"])
+
+    @property
+    def layer_names(self) -> list[str]:
+        """Names of the hidden states, index 0 first."""
+        return list(self.config["layer_names"])
+
+
+def _strip_for_inference(upstream: nn.Module) -> tuple[str, dict[str, Any], nn.Module]:
+    """Rebuild the upstream without training-only parts; returns (type, config, model)."""
+    type_name = upstream_type_name(upstream)
+    config = inference_config(type_name, upstream.config.to_dict())  # type: ignore[union-attr]
+    slim = build_upstream(type_name, config)
+    source = upstream.state_dict()
+    missing = [k for k in slim.state_dict() if k not in source]
+    if missing:
+        raise ValueError(f"upstream weights missing for the inference model: {missing[:5]}")
+    slim.load_state_dict({k: source[k] for k in slim.state_dict()})
+    return type_name, config, slim
+
+
+def save_bundle(
+    out_dir: str | Path,
+    upstream: nn.Module,
+    head: CTCHead | None = None,
+    vocab: CharVocab | None = None,
+    *,
+    name: str | None = None,
+    provenance: dict[str, Any] | None = None,
+    card: str = "",
+    quantize: str | None = None,
+) -> Path:
+    """Write a bundle directory; returns its path.
+
+    Args:
+        upstream: a registered upstream (student, DistilHuBERT baseline, fbank).
+        head, vocab: the CTC recognizer and its vocabulary (both or neither).
+        provenance: free-form facts (data, recipe, scores, commands) stored in config.json.
+        card: the model card (Markdown).
+        quantize: None or "int8" (dynamic quantization applied when the bundle is loaded).
+    """
+    if (head is None) != (vocab is None):
+        raise ValueError("a CTC head needs its vocabulary and vice versa")
+    if quantize not in QUANTIZE_CHOICES:
+        raise ValueError(f"quantize must be one of {QUANTIZE_CHOICES}, found {quantize!r}")
+    if head is not None and vocab is not None and head.config.vocab_size != len(vocab):
+        raise ValueError(
+            f"head has {head.config.vocab_size} outputs, vocabulary has {len(vocab)} entries"
+        )
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    type_name, up_config, slim = _strip_for_inference(upstream)
+    tensors = {f"upstream.{k}": v for k, v in slim.state_dict().items()}
+    if head is not None:
+        tensors.update({f"head.{k}": v for k, v in head.state_dict().items()})
+    # safetensors refuses shared or non-contiguous storage; copies are cheap at this size
+    tensors = {
+        k: v.detach().to("cpu", torch.float32).contiguous().clone() for k, v in tensors.items()
+    }
+    save_file(tensors, str(out / WEIGHTS_FILE), metadata={"format": BUNDLE_FORMAT})
+    config = {
+        "format": BUNDLE_FORMAT,
+        "format_version": BUNDLE_VERSION,
+        "name": name or out.name,
+        "upstream": {"type": type_name, "config": up_config},
+        "head": head.config.to_dict() if head is not None else None,
+        "vocab": vocab.to_config() if vocab is not None else None,
+        "sample_rate": int(slim.sample_rate),
+        "frame_rate": float(slim.frame_rate),
+        "layer_names": list(slim.layer_names),
+        "hidden_dims": list(slim.hidden_dims),
+        "quantize": quantize,
+        "parameters": sum(p.numel() for p in slim.parameters())
+        + (sum(p.numel() for p in head.parameters()) if head is not None else 0),
+        "provenance": provenance or {},
+    }
+    (out / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+    (out / CARD_FILE).write_text(card or f"# {config['name']}\n\nNo model card was provided.\n")
+    return out
+
+
+def read_bundle_config(path: str | Path) -> dict[str, Any]:
+    """Read and validate a bundle's config.json (no weights loaded)."""
+    config_path = Path(path) / CONFIG_FILE
+    if not config_path.is_file():
+        raise FileNotFoundError(f"no {CONFIG_FILE} in bundle directory {path}")
+    config = json.loads(config_path.read_text())
+    if config.get("format") != BUNDLE_FORMAT:
+        raise ValueError(
+            f"{config_path} is not a {BUNDLE_FORMAT} (format={config.get('format')!r})"
+        )
+    if config.get("format_version") != BUNDLE_VERSION:
+        raise ValueError(
+            f"bundle format version {config.get('format_version')} is not supported "
+            f"(expected {BUNDLE_VERSION})"
+        )
+    if config.get("quantize") not in QUANTIZE_CHOICES:
+        raise ValueError(f"unknown quantization {config.get('quantize')!r} in {config_path}")
+    return config
+
+
+def quantize_dynamic_int8(model: nn.Module) -> nn.Module:
+    """Dynamic int8 quantization of every LSTM and Linear layer (CPU inference)."""
+    return torch.ao.quantization.quantize_dynamic(model, {nn.LSTM, nn.Linear}, dtype=torch.qint8)
+
+
+def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
+    """Load a bundle for inference: model in eval mode on `device`, never unpickling.
+
+    An int8 bundle runs on the CPU only (PyTorch's dynamic quantization has no CUDA kernels).
+    """
+    path = Path(path)
+    config = read_bundle_config(path)
+    upstream = build_upstream(config["upstream"]["type"], config["upstream"]["config"])
+    head = CTCHead(CTCHeadConfig.from_dict(config["head"])) if config.get("head") else None
+    model: nn.Module = ASRModel(upstream, head) if head is not None else upstream
+    weights = load_file(str(path / WEIGHTS_FILE))
+    if head is not None:
+        state = weights
+    else:
+        state = {k.removeprefix("upstream."): v for k, v in weights.items()}
+    model.load_state_dict(state, strict=True)
+    model.eval()
+    if config.get("quantize") == "int8":
+        if torch.device(device).type != "cpu":
+            log.warning("int8 bundle %s runs on the CPU; ignoring device=%s", path, device)
+        model = quantize_dynamic_int8(model)
+    else:
+        model.to(device)
+    vocab = CharVocab.from_config(config["vocab"]) if config.get("vocab") else None
+    return Bundle(model=model, vocab=vocab, config=config, path=path)
