@@ -27,12 +27,19 @@ class APIError(Exception):
     error_type: str = "invalid_request_error"
 
     def __init__(
-        self, message: str, *, param: str | None = None, headers: dict[str, str] | None = None
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+        reason: str | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
         self.headers = headers or {}
+        # A short machine-readable cause, e.g. for the decode-failure metric's label.
+        self.reason = reason or self.error_type
 
 
 class BadRequestError(APIError):
