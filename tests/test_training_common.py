@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import numpy as np
@@ -32,7 +33,7 @@ def test_linear_warmup_decay_shape() -> None:
         sched.step()
     assert lrs[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0])
     assert lrs[4] == pytest.approx(1.0) and lrs[-1] == pytest.approx(1 - 5 / 6)
-    assert all(a >= b for a, b in zip(lrs[3:], lrs[4:], strict=False))
+    assert all(a >= b for a, b in itertools.pairwise(lrs[3:]))
 
 
 def test_rng_state_roundtrip() -> None:
