@@ -1,0 +1,1 @@
+"""One router per area: audio (transcriptions, embeddings), models, health (+ metrics)."""

@@ -1,0 +1,30 @@
+"""Liveness, readiness and Prometheus metrics (no API key: probes and scrapers use them)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Response
+
+from app.dependencies import get_service
+from app.metrics import CONTENT_TYPE
+from app.service import Service
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz")
+async def healthz() -> dict:
+    """200 while the process serves requests."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+async def readyz(service: Service = Depends(get_service)) -> dict:
+    """200 once the model is loaded and warmed; 503 while starting or draining."""
+    bundle, _ = service.require_ready()
+    return {"status": "ready", "model": bundle.name, "device": service.device}
+
+
+@router.get("/metrics")
+async def metrics(service: Service = Depends(get_service)) -> Response:
+    """Prometheus text exposition of this app's registry."""
+    return Response(service.metrics.render(), media_type=CONTENT_TYPE)

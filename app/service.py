@@ -1,0 +1,111 @@
+"""What the lifespan builds and the routes use: settings, metrics, bundle, batcher, thread pool.
+
+`Service` is the seam between HTTP and the model: routes decode uploads and submit waveforms
+through it, and it maps batcher failures to API errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from fastapi import Request
+from torch import Tensor
+
+from app.audio import DecodedAudio, check_content_type, decode_audio
+from app.batcher import BatcherStoppedError, BatcherTimeoutError, DynamicBatcher, QueueFullError
+from app.errors import APIError, NotReadyError, OverloadedError, RequestTimeoutError
+from app.inference import ItemResult
+from app.metrics import Metrics
+from app.settings import Settings
+from model_training.bundle import Bundle
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: How often a waiting request checks whether its client is still connected.
+DISCONNECT_POLL_S = 0.1
+
+
+class ClientDisconnectedError(APIError):
+    """The client went away while its request waited; nobody reads this response."""
+
+    status_code = 499
+    error_type = "client_closed_request"
+
+
+@dataclass
+class Service:
+    """Per-app runtime state (one per `create_app`)."""
+
+    settings: Settings
+    metrics: Metrics
+    bundle: Bundle | None = None
+    batcher: DynamicBatcher[ItemResult] | None = None
+    device: str = "cpu"
+    ready: bool = False
+    decode_pool: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(2, thread_name_prefix="hlstm-decode")
+    )
+
+    def require_ready(self) -> tuple[Bundle, DynamicBatcher[ItemResult]]:
+        """The bundle and batcher, or 503 while starting or draining."""
+        if not self.ready or self.bundle is None or self.batcher is None:
+            raise NotReadyError("the model is not loaded yet (or the service is shutting down)")
+        return self.bundle, self.batcher
+
+    async def run_in_pool(self, fn: Callable[..., T], *args: object) -> T:
+        """Run blocking work (decoding, CTC decoding) off the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(self.decode_pool, fn, *args)
+
+    async def decode_upload(
+        self, data: bytes, content_type: str | None, param: str = "file"
+    ) -> DecodedAudio:
+        """Check the media type and decode in the pool; counts decode failures by reason."""
+        try:
+            check_content_type(content_type, param)
+            return await self.run_in_pool(
+                lambda: decode_audio(data, max_seconds=self.settings.max_audio_seconds, param=param)
+            )
+        except APIError as exc:
+            self.metrics.on_decode_failure(exc.reason)
+            raise
+
+    async def infer(self, waveform: Tensor) -> ItemResult:
+        """Submit one waveform (S,) to the batcher; batcher failures become API errors."""
+        _, batcher = self.require_ready()
+        try:
+            return await batcher.submit(waveform, timeout=self.settings.request_timeout_s)
+        except QueueFullError as exc:
+            raise OverloadedError(
+                f"server busy: {exc.queue_depth} requests waiting; retry later",
+                retry_after_s=exc.retry_after_s,
+            ) from exc
+        except BatcherTimeoutError as exc:
+            raise RequestTimeoutError(
+                f"request not processed within {self.settings.request_timeout_s:g} s"
+            ) from exc
+        except BatcherStoppedError as exc:
+            raise NotReadyError("the service is shutting down") from exc
+
+
+async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
+    """Await `work`, cancelling it if the client disconnects first (so queued items drop)."""
+    task = asyncio.ensure_future(work)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=DISCONNECT_POLL_S)
+            if done:
+                return task.result()
+            if await request.is_disconnected():
+                task.cancel()
+                logger.info("client disconnected; request abandoned")
+                raise ClientDisconnectedError("client disconnected")
+    finally:
+        if not task.done():
+            task.cancel()
