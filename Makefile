@@ -11,7 +11,7 @@ APT_PACKAGES := espeak-ng sox libsox-fmt-all ffmpeg libsndfile1 festival flite f
 PORT ?= 8000
 MODEL_DIR ?= models/default
 
-.PHONY: setup setup-apt run test test-slow lint bench demo-model clean
+.PHONY: setup setup-apt run test test-slow lint lint-deploy bench demo-model clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -41,6 +41,11 @@ test-slow: setup
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+
+# Deployment checks (also part of `make test`): hadolint, docker-compose config, yamllint,
+# kustomize + kubernetes-validate, dashboard vs /metrics, a real Prometheus scrape.
+lint-deploy: setup
+	$(VENV)/bin/pytest -q tests/test_deploy_static.py tests/test_deploy_prometheus.py
 
 bench: setup
 	$(PY) benchmarks/model_speed.py
