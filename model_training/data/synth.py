@@ -312,6 +312,10 @@ def synthesize_corpus(
     targets = config.split_hours()
     done: dict[str, dict[int, tuple[UttSpec, int]]] = {s: {} for s in SPLITS}
     bar = tqdm(total=round(sum(targets.values()), 3), unit="h", disable=not config.progress)
+
+    def advance(samples: int) -> None:  # splits overshoot a little: keep the bar within total
+        bar.update(max(0.0, min(samples / SAMPLE_RATE / 3600, bar.total - bar.n)))
+
     with ProcessPoolExecutor(max_workers=config.workers) as pool:
         for split in SPLITS:
             target_s = targets[split] * 3600
@@ -332,7 +336,7 @@ def synthesize_corpus(
                         todo.append(spec)
                     else:
                         done[split][spec.index] = (spec, n)
-                        bar.update(n / SAMPLE_RATE / 3600)
+                        advance(n)
                 futures = [
                     pool.submit(render_chunk, c, str(out), espeak_path)
                     for c in _chunks(todo, config.chunk_size)
@@ -341,7 +345,7 @@ def synthesize_corpus(
                 for fut in as_completed(futures):
                     for index, n in fut.result():
                         done[split][index] = (by_index[index], n)
-                        bar.update(n / SAMPLE_RATE / 3600)
+                        advance(n)
                 have = sum(n for _, n in done[split].values()) / SAMPLE_RATE
                 mean = have / len(done[split])
             entries = [

@@ -1,0 +1,142 @@
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import soundfile as sf
+
+from model_training.data.manifest import read_manifest
+from model_training.data.synth import SynthConfig, synthesize_corpus
+from model_training.data.text_sources import Sentence, clean_sentence
+from model_training.data.voices import Voice, build_voices, reserved_voices
+from model_training.text import normalize_text
+
+pytestmark = pytest.mark.skipif(
+    not all(shutil.which(b) for b in ("espeak-ng", "sox", "flite", "festival")),
+    reason="needs espeak-ng, sox, flite and festival (make setup-apt)",
+)
+
+RAW = [
+    "The quick brown fox jumps over the lazy dog.",
+    "She sells sea shells by the sea shore.",
+    "It's a long-term plan, isn't it?",
+    "A journey of many miles begins with one step.",
+    "Rain fell softly on the quiet village all night.",
+    "The old clock in the hall struck twelve times.",
+    "Birds sang in the garden before the sun came up.",
+    "He opened the window and looked at the river.",
+    "Every morning they walked along the narrow path.",
+    "Music filled the room as the guests arrived.",
+    "The children laughed at the clever little puppy.",
+    "Fresh bread smells wonderful on a cold winter day.",
+    "We should plant more trees near the school.",
+    "The train was late because of the heavy snow.",
+    "Please close the door when you leave the kitchen.",
+    "Stars shine brightly over the silent desert.",
+]
+
+
+def _sentences() -> dict[str, list[Sentence]]:
+    out: dict[str, list[Sentence]] = {"fortunes": [], "wordnet": []}
+    for i, raw in enumerate(RAW):
+        spoken, text = clean_sentence(raw)
+        out["fortunes" if i % 2 else "wordnet"].append(Sentence(spoken, text, "x"))
+    return out
+
+
+def _voices() -> dict[str, list[Voice]]:
+    custom = (("gender", "female"), ("pitch", "180 240"), ("formant 1", "110 100 100"))
+    return {
+        "train": [
+            Voice("espeak:en-us+m3", "espeak", "en-us+m3"),
+            Voice("espeak:en+xtr000", "espeak", "en+xtr000", custom=custom),
+            Voice("festival:kal_diphone@100", "festival", "kal_diphone", 100),
+            Voice("flite:kal16@100", "flite", "kal16", 100),
+        ],
+        "dev": [
+            Voice("espeak:en-gb-x-rp+f2", "espeak", "en-gb-x-rp+f2"),
+            Voice("festival:ked_diphone@90", "festival", "ked_diphone", 90),
+        ],
+        "test_unseen": [v for v in reserved_voices() if v.id == "flite:slt"],
+    }
+
+
+def _make(out: Path) -> dict:
+    config = SynthConfig(
+        out, hours=0.004, seed=5, dev_hours=0.002, test_hours=0.001, workers=2, aug_fraction=0.5,
+        progress=False,
+    )  # fmt: skip
+    return synthesize_corpus(config, sentences=_sentences(), voices=_voices())
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("synth") / "a"
+    _make(out)
+    return out
+
+
+def test_tiny_corpus_is_16k_mono_flac_with_matching_manifests(corpus: Path) -> None:
+    card = json.loads((corpus / "card.json").read_text())
+    assert card["seed"] == 5 and set(card["splits"]) == {"train", "dev", "test_unseen"}
+    for split in ("train", "dev", "test_unseen"):
+        m = read_manifest(corpus / f"{split}.tsv")
+        assert len(m) == card["splits"][split]["utterances"] >= 1
+        for i, e in enumerate(m):
+            info = sf.info(m.audio_path(i))
+            assert (info.format, info.samplerate, info.channels) == ("FLAC", 16000, 1)
+            assert e.num_samples == info.frames > 1600
+            assert e.text and e.text == normalize_text(e.text)
+    hours = sum(e.num_samples for e in read_manifest(corpus / "train.tsv")) / 16000 / 3600
+    assert hours >= 0.004 and hours == pytest.approx(card["splits"]["train"]["hours"], abs=1e-4)
+
+
+def test_splits_disjoint_in_sentences_and_voices(corpus: Path) -> None:
+    m = {s: read_manifest(corpus / f"{s}.tsv") for s in ("train", "dev", "test_unseen")}
+    texts = {s: {e.text for e in v} for s, v in m.items()}
+    speakers = {s: {e.speaker for e in v} for s, v in m.items()}
+    for a, b in [("train", "dev"), ("train", "test_unseen"), ("dev", "test_unseen")]:
+        assert not texts[a] & texts[b]
+        assert not speakers[a] & speakers[b]
+    assert speakers["test_unseen"] == {"flite:slt"}
+
+
+def test_same_seed_same_bytes_and_resume_keeps_files(corpus: Path, tmp_path: Path) -> None:
+    _make(tmp_path / "b")
+    files = sorted(p.relative_to(corpus) for p in corpus.rglob("*.flac"))
+    assert files == sorted(p.relative_to(tmp_path / "b") for p in (tmp_path / "b").rglob("*.flac"))
+    for rel in [*files, Path("train.tsv"), Path("dev.tsv"), Path("test_unseen.tsv")]:
+        assert (corpus / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel
+    before = {p: p.stat().st_mtime_ns for p in corpus.rglob("*.flac")}
+    _make(corpus)  # resume: nothing left to render
+    assert {p: p.stat().st_mtime_ns for p in corpus.rglob("*.flac")} == before
+
+
+def test_default_voice_sets_are_disjoint_and_keep_reserved_voices_out() -> None:
+    voices = build_voices(0)
+    ids = {s: {v.id for v in vs} for s, vs in voices.items()}
+    assert not ids["train"] & ids["dev"]
+    engines = {v.engine for v in voices["train"]}
+    assert engines == {"espeak", "festival", "flite"}
+    for split in ("train", "dev"):
+        assert not {"flite:awb", "flite:rms", "flite:slt"} & ids[split]
+        assert not any("slt" in i or "awb" in i or "rms" in i for i in ids[split])
+    assert ids["test_unseen"] <= {
+        "flite:awb",
+        "flite:rms",
+        "flite:slt",
+        "festival:cmu_us_slt_arctic_hts",
+    }
+    assert len(voices["train"]) > 100 and any(v.custom for v in voices["dev"])
+
+
+def test_clean_sentence_drops_text_whose_speech_would_differ() -> None:
+    assert clean_sentence("It's a long-term plan, isn't it?") == (
+        "It's a long-term plan, isn't it?",
+        "IT'S A LONG TERM PLAN ISN'T IT",
+    )
+    assert clean_sentence("He paid 42 dollars for it.") is None  # digits
+    assert clean_sentence("Mr. Smith went to town today.") is None  # abbreviation
+    assert clean_sentence("The IBM machine was very fast.") is None  # acronym
+    assert clean_sentence("Too short.") is None
+    assert clean_sentence(" ".join(["word"] * 30)) is None
