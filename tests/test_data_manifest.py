@@ -104,3 +104,25 @@ def test_dataset_crops_audio_and_labels_aligned(tmp_path: Path) -> None:
     start = int(item.labels[0]) * 320
     assert torch.equal(item.waveform, full[start : start + 3200])
     assert ds.lengths == [3200]
+
+
+def test_cli_librispeech_and_folder(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from model_training.cli import app
+
+    for subset in ("train-clean-100", "dev-clean"):
+        d = tmp_path / "LibriSpeech" / subset / "1" / "2"
+        d.mkdir(parents=True)
+        sf.write(d / "1-2-0000.flac", _tone(400), 16000)
+        (d / "1-2.trans.txt").write_text("1-2-0000 A SHORT ONE\n")
+    runner = CliRunner()
+    args = ["data", "librispeech", "--root", str(tmp_path), "--subsets", "train-clean-100"]
+    res = runner.invoke(app, [*args, "dev-clean", "--out", str(tmp_path / "ls.tsv")])
+    assert res.exit_code == 0, res.output
+    assert len(read_manifest(tmp_path / "ls.tsv")) == 2
+    res = runner.invoke(
+        app, ["data", "folder", "--root", str(tmp_path), "--out", str(tmp_path / "f.tsv")]
+    )
+    assert res.exit_code == 0, res.output
+    assert len(read_manifest(tmp_path / "f.tsv")) == 2

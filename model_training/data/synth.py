@@ -177,8 +177,10 @@ def _festival_batch(specs: list[UttSpec], wavs: list[Path]) -> None:
     voice = specs[0].voice
     lines = [f"(voice_{voice.name})"]
     for spec, wav in zip(specs, wavs, strict=True):
-        if voice.f0 is not None:
-            f0 = round(voice.f0 * spec.pitch)
+        if spec.voice.name != voice.name:
+            raise ValueError(f"one festival voice per batch: {voice.name} vs {spec.voice.name}")
+        if spec.voice.f0 is not None:
+            f0 = round(spec.voice.f0 * spec.pitch)
             lines.append(
                 f"(set! int_lr_params '((target_f0_mean {f0}) (target_f0_std {round(f0 * 0.14)})"
                 " (model_f0_mean 170) (model_f0_std 34)))"
