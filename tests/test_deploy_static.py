@@ -117,10 +117,10 @@ def dashboard_targets() -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
 
 
 def concrete_expr(expr: str, rate_window: str = "1m") -> str:
-    """A dashboard expression with Grafana's variables replaced, ready for Prometheus."""
+    """A dashboard expression with Grafana's variables replaced (job as in the scrape config)."""
     return (
         expr.replace("$__rate_interval", rate_window)
-        .replace("$job", ".*")
+        .replace("$job", "hubert-lstm")
         .replace("$instance", ".*")
     )
 
