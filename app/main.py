@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import torch
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
@@ -59,6 +60,9 @@ def create_app(settings: Settings | None = None, *, loader: BundleLoader | None 
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         device = settings.resolved_device()
         service.device = device
+        previous_threads = torch.get_num_threads()
+        if settings.torch_threads is not None:
+            torch.set_num_threads(settings.torch_threads)
         logger.info("loading bundle %s on %s", settings.model_dir, device)
         bundle = await asyncio.to_thread(load, settings.model_dir, device)
         run_batch = make_run_batch(bundle)
@@ -90,6 +94,7 @@ def create_app(settings: Settings | None = None, *, loader: BundleLoader | None 
             metrics.model_ready.set(0)
             await batcher.stop(drain_timeout_s=min(settings.request_timeout_s, 30.0))
             service.decode_pool.shutdown(wait=False, cancel_futures=True)
+            torch.set_num_threads(previous_threads)
             logger.info("stopped")
 
     app = FastAPI(

@@ -50,6 +50,12 @@ class Settings(BaseSettings):
     json_logs: bool = Field(True, description="JSON log lines with request ids.")
     warmup: bool = Field(True, description="Run a dummy batch before reporting ready.")
     decode_workers: int = Field(2, ge=1, description="Threads decoding uploads.")
+    torch_threads: int | None = Field(
+        None,
+        ge=1,
+        description="torch intra-op threads; set it to the CPU limit of the container "
+        "(oversubscribed OpenMP threads are many times slower on a busy CPU).",
+    )
 
     @field_validator("cors_origins", mode="before")
     @classmethod

@@ -60,6 +60,9 @@ def test_settings(model_dir: Path, **overrides) -> Settings:
         "json_logs": False,
         "max_wait_ms": 5.0,
         "warmup": False,
+        # One intra-op thread: the CI machine is small and shared, and oversubscribed
+        # OpenMP threads make even the tiny model many times slower.
+        "torch_threads": 1,
     }
     values.update(overrides)
     return Settings(**values)
