@@ -24,10 +24,14 @@ class RequestIdFilter(logging.Filter):
 
 
 def configure_logging(level: str = "INFO", json_logs: bool = True) -> None:
-    """Install one stdout handler on the root logger (idempotent: replaces its own only)."""
+    """Install one stdout handler on the root logger (idempotent).
+
+    Replaces its own handler and plain console handlers (e.g. the CLI's `basicConfig`), so
+    every line is written once; other handler types (files, test capture) are kept.
+    """
     root = logging.getLogger()
     for handler in list(root.handlers):
-        if handler.get_name() == _HANDLER_NAME:
+        if handler.get_name() == _HANDLER_NAME or type(handler) is logging.StreamHandler:
             root.removeHandler(handler)
     handler = logging.StreamHandler(sys.stdout)
     handler.set_name(_HANDLER_NAME)

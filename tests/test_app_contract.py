@@ -328,3 +328,23 @@ def test_segments_split_at_pauses_and_subtitles():
     )
     assert vtt_body(t).startswith("WEBVTT\n\n00:00:00.000 --> 00:00:00.900\nHELLO THERE\n")
     assert srt_body(Transcript("", [], 1.0)) == ""
+
+
+async def test_json_logs_carry_request_id(app_client, capsys):
+    import json
+    import logging
+
+    root = logging.getLogger()
+    level = root.level
+    try:
+        async with app_client(json_logs=True) as (_, client):
+            await client.get("/healthz", headers={"X-Request-ID": "log-me-1"})
+        lines = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
+        access = [x for x in lines if x.get("logger") == "app.access"]
+        assert access and access[-1]["request_id"] == "log-me-1"
+        assert access[-1]["status"] == 200 and "GET /healthz" in access[-1]["message"]
+    finally:
+        for handler in list(root.handlers):
+            if handler.get_name() == "hlstm-json":
+                root.removeHandler(handler)
+        root.setLevel(level)

@@ -1,7 +1,9 @@
 """`hubert-lstm serve`: run the HTTP service.
 
 The service lives in the `app` package; it is started by import string so that
-`model_training` itself never imports FastAPI.
+`model_training` itself never imports FastAPI. Options given here become `HLSTM_*`
+environment variables, which `app.settings.Settings` reads; every other setting
+(batching, limits, API key, CORS) is taken from the environment as is.
 """
 
 from __future__ import annotations
@@ -17,13 +19,45 @@ def serve(
     host: str = typer.Option("0.0.0.0", help="Bind address."),
     port: int = typer.Option(8000, help="Port."),
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
+    fp16: bool | None = typer.Option(None, help="Autocast to float16 on CUDA."),
+    max_batch_size: int | None = typer.Option(None, help="Most requests per batch."),
+    max_wait_ms: float | None = typer.Option(None, help="Longest wait for a batch to fill."),
+    log_level: str | None = typer.Option(None, help="Log level (INFO, DEBUG, ...)."),
 ) -> None:
-    """Serve layer embeddings and CTC transcripts for uploaded audio."""
+    """Serve layer embeddings and CTC transcripts for uploaded audio.
+
+    Further settings: HLSTM_MAX_BATCH_FRAMES, HLSTM_QUEUE_LIMIT, HLSTM_REQUEST_TIMEOUT_S,
+    HLSTM_MAX_UPLOAD_MB, HLSTM_MAX_AUDIO_SECONDS, HLSTM_API_KEY, HLSTM_CORS_ORIGINS,
+    HLSTM_TORCH_THREADS, HLSTM_WARMUP (see app/settings.py).
+    """
     import uvicorn
 
+    if not (model_dir / "config.json").is_file():
+        raise typer.BadParameter(
+            f"{model_dir} is not a bundle (no config.json)", param_hint="--model-dir"
+        )
     os.environ["HLSTM_MODEL_DIR"] = str(model_dir)
     os.environ["HLSTM_DEVICE"] = device
-    uvicorn.run("app.main:create_app", factory=True, host=host, port=port, log_config=None)
+    optional = {
+        "HLSTM_FP16": fp16,
+        "HLSTM_MAX_BATCH_SIZE": max_batch_size,
+        "HLSTM_MAX_WAIT_MS": max_wait_ms,
+        "HLSTM_LOG_LEVEL": log_level,
+    }
+    for name, value in optional.items():
+        if value is not None:
+            os.environ[name] = str(value).lower() if isinstance(value, bool) else str(value)
+    # Logging is configured by the app (JSON lines with request ids); the app's middleware
+    # writes the access log, so uvicorn's own is off.
+    uvicorn.run(
+        "app.main:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=30,
+    )
 
 
 def register(app: typer.Typer) -> None:
