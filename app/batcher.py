@@ -148,6 +148,7 @@ class DynamicBatcher(Generic[R]):
         self._task: asyncio.Task | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._running = False
+        self._failed = False
         # Exponential average of seconds per batch, for Retry-After estimates.
         self._batch_seconds_ema = 0.05
 
@@ -258,7 +259,27 @@ class DynamicBatcher(Generic[R]):
         longest = max(item.num_frames for item in self._pending)
         return longest * len(self._pending) >= self.max_batch_frames
 
+    @property
+    def failed(self) -> bool:
+        """True when the collector task died on an unexpected error (the batcher is dead)."""
+        return self._failed
+
     async def _collect(self) -> None:
+        try:
+            await self._collect_loop()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # A bug here must not leave callers hanging until their timeout.
+            logger.exception("batch collector crashed; failing waiting requests")
+            self._failed, self._running = True, False
+            while self._pending:
+                item = self._pending.popleft()
+                if not item.future.done():
+                    item.future.set_exception(BatcherStoppedError("batcher crashed"))
+            self._report_depth()
+
+    async def _collect_loop(self) -> None:
         assert self._wakeup is not None
         loop = asyncio.get_running_loop()
         while self._running or self._pending:

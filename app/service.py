@@ -54,8 +54,15 @@ class Service:
     )
 
     def require_ready(self) -> tuple[Bundle, DynamicBatcher[ItemResult]]:
-        """The bundle and batcher, or 503 while starting or draining."""
-        if not self.ready or self.bundle is None or self.batcher is None:
+        """The bundle and batcher, or 503 while starting or draining (or the batcher died)."""
+        if self.batcher is not None and self.batcher.failed:
+            self.metrics.model_ready.set(0)
+        if (
+            not self.ready
+            or self.bundle is None
+            or self.batcher is None
+            or not self.batcher.running
+        ):
             raise NotReadyError("the model is not loaded yet (or the service is shutting down)")
         return self.bundle, self.batcher
 

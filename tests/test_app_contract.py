@@ -348,3 +348,18 @@ async def test_json_logs_carry_request_id(app_client, capsys):
             if handler.get_name() == "hlstm-json":
                 root.removeHandler(handler)
         root.setLevel(level)
+
+
+async def test_crashed_batcher_fails_health_and_never_hangs(app_client, monkeypatch):
+    async with app_client() as (app, client):
+        batcher = app.state.service.batcher
+
+        def broken():
+            raise RuntimeError("bug")
+
+        monkeypatch.setattr(batcher, "_take_batch", broken)
+        r = await client.post("/v1/audio/transcriptions", files={"file": wav_file("a.wav", WAV)})
+        _assert_error(r, 503)
+        _assert_error(await client.get("/healthz"), 503)
+        _assert_error(await client.get("/readyz"), 503)
+        assert metric_value((await client.get("/metrics")).text, "hlstm_model_ready") == 0

@@ -210,3 +210,28 @@ async def test_submit_after_stop_and_bad_input():
     await b.stop()
     with pytest.raises(BatcherStoppedError):
         await b.submit(wave(1, 5))
+
+
+async def test_stop_lets_queued_items_finish():
+    model = FakeModel()
+    b = DynamicBatcher(model, max_batch_size=2, max_wait_ms=50)
+    b.start()
+    tasks = [asyncio.create_task(b.submit(wave(i, 5))) for i in range(5)]
+    await asyncio.sleep(0)  # all five are queued
+    await b.stop(drain_timeout_s=5)
+    results = await asyncio.gather(*tasks)
+    assert len(results) == 5 and b.stats.items_computed == 5
+
+
+async def test_collector_crash_fails_waiters_instead_of_hanging(monkeypatch):
+    b = DynamicBatcher(FakeModel(), max_wait_ms=0)
+
+    def broken() -> list:
+        raise RuntimeError("bug in batch selection")
+
+    monkeypatch.setattr(b, "_take_batch", broken)
+    b.start()
+    with pytest.raises(BatcherStoppedError, match="crashed"):
+        await b.submit(wave(1, 5), timeout=5)
+    assert b.failed and not b.running
+    await b.stop()

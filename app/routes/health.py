@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Response
 
 from app.dependencies import get_service
+from app.errors import NotReadyError
 from app.metrics import CONTENT_TYPE
 from app.service import Service
 
@@ -12,8 +13,10 @@ router = APIRouter(tags=["health"])
 
 
 @router.get("/healthz")
-async def healthz() -> dict:
-    """200 while the process serves requests."""
+async def healthz(service: Service = Depends(get_service)) -> dict:
+    """200 while the process can serve; 503 once the batcher has crashed (restart me)."""
+    if service.batcher is not None and service.batcher.failed:
+        raise NotReadyError("the batch worker crashed; the process needs a restart")
     return {"status": "ok"}
 
 
