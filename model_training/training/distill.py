@@ -46,7 +46,6 @@ from model_training.data.audio import load_audio
 from model_training.data.collate import LABEL_PAD, random_crop_offset
 from model_training.data.manifest import Manifest, read_km_labels, read_manifest
 from model_training.data.sampler import LengthBucketSampler
-from model_training.models.registry import UPSTREAMS, upstream_type_name
 from model_training.training.common import (
     Checkpointer,
     DistInfo,
@@ -84,6 +83,20 @@ STUDENT_FACTORIES: dict[str, tuple[str, str]] = {
     "distilhubert_small": ("distilhubert", "model_training.models.distilhubert:distilhubert_small"),
     "distilhubert_tiny": ("distilhubert", "model_training.models.distilhubert:distilhubert_tiny"),
 }
+# registry type -> the generic builder taking every config field
+GENERIC_BUILDERS = {"lstm_student": "lstm", "distilhubert": "distilhubert"}
+STUDENT_FACTORIES["distilhubert"] = (
+    "distilhubert",
+    "model_training.models.distilhubert:distilhubert",
+)
+
+
+def _factory(name: str) -> Any:
+    """The builder function of factory `name`."""
+    import importlib
+
+    module_name, fn_name = STUDENT_FACTORIES[name][1].split(":")
+    return getattr(importlib.import_module(module_name), fn_name)
 
 
 # ----------------------------------------------------------------------------- config
@@ -184,6 +197,7 @@ class DistillConfig:
     oom_check: bool = True  # forward+backward on the largest batch before step 1
     progress: bool = True
     tensorboard: bool = True
+    num_threads: int | None = None  # torch intra-op threads (None = torch's default)
 
     def __post_init__(self) -> None:
         for name, typ in (
@@ -409,14 +423,11 @@ def build_student(
     """Instantiate a student from a factory name plus config overrides.
 
     LSTM students get `num_classes` = the teacher's C; DistilHuBERT students get
-    `target_layers` = the teacher layers to predict and `target_dim` = their width (unless the
+    `target_layers` = the teacher layers to predict and `teacher_dim` = their width (unless the
     overrides set them).
     """
-    import importlib
-
-    type_name, target = STUDENT_FACTORIES[factory]
-    module_name, fn_name = target.split(":")
-    fn = getattr(importlib.import_module(module_name), fn_name)
+    type_name = STUDENT_FACTORIES[factory][0]
+    fn = _factory(factory)
     kwargs = dict(overrides)
     if type_name == "lstm_student" and num_classes is not None:
         kwargs.setdefault("num_classes", num_classes)
@@ -424,7 +435,7 @@ def build_student(
         if feature_layers:
             kwargs.setdefault("target_layers", list(feature_layers))
         if teacher_dim is not None:
-            kwargs.setdefault("target_dim", teacher_dim)
+            kwargs.setdefault("teacher_dim", teacher_dim)
     return fn(**kwargs)
 
 
@@ -445,7 +456,7 @@ def save_student(
     metadata = {
         "format": STUDENT_FORMAT,
         "format_version": "1",
-        "type": upstream_type_name(model),
+        "type": STUDENT_FACTORIES[factory][0],
         "factory": factory,
         "config": json.dumps(student_config_dict(model)),
         "provenance": json.dumps(provenance),
@@ -463,8 +474,6 @@ def load_student_checkpoint(path: str | os.PathLike, device: str = "cpu") -> nn.
     training checkpoint) or a training checkpoint `checkpoint-*.pt` (read with
     weights_only=True). The model comes back in eval mode.
     """
-    from model_training.models.registry import build_upstream
-
     path = Path(path)
     if path.is_dir():
         if (path / STUDENT_FILE).exists():
@@ -487,9 +496,9 @@ def load_student_checkpoint(path: str | os.PathLike, device: str = "cpu") -> nn.
         payload = load_checkpoint_payload(path)
         type_name, config = payload["extra"]["student_type"], payload["extra"]["student_config"]
         state = payload["model"]
-    if type_name not in UPSTREAMS:
+    if type_name not in GENERIC_BUILDERS:
         raise ValueError(f"{path}: unknown student type {type_name!r}")
-    model = build_upstream(type_name, config)
+    model = _factory(GENERIC_BUILDERS[type_name])(**config)
     model.load_state_dict(state)
     return model.to(device).eval()
 
@@ -884,11 +893,15 @@ class _RowLimitedCache:
 def run(cfg: DistillConfig) -> Path:
     """Train (or resume) a student; returns the path of the final `student.safetensors`
     (or the run dir when stopped early by `stop_at_step`)."""
+    threads = torch.get_num_threads()
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
     info, device = init_distributed(cfg.device)
     try:
         return _run(cfg, info, device)
     finally:
         cleanup_distributed()
+        torch.set_num_threads(threads)
 
 
 def _run(cfg: DistillConfig, info: DistInfo, device: torch.device) -> Path:
@@ -924,7 +937,10 @@ def _run(cfg: DistillConfig, info: DistInfo, device: torch.device) -> Path:
         feature_layers=feature_layers,
     )
     if cfg.student.init_cnn_from_teacher and teacher is not None:
-        model.init_cnn_from(teacher)
+        if hasattr(model, "init_cnn_from"):
+            model.init_cnn_from(teacher)
+        else:  # DistilHuBERT copies the CNN and the first Transformer layers
+            model.init_from_teacher(teacher, copy_layers=True)
     live_needed = (
         train_cache is None
         or not set(feature_layers) <= set(train_cache.layers)
@@ -937,7 +953,7 @@ def _run(cfg: DistillConfig, info: DistInfo, device: torch.device) -> Path:
     params = sum(p.numel() for p in model.parameters())
     logger.info("student %s: %.2fM parameters", cfg.student.factory, params / 1e6)
     extra = {
-        "student_type": upstream_type_name(model),
+        "student_type": STUDENT_FACTORIES[cfg.student.factory][0],
         "student_factory": cfg.student.factory,
         "student_config": student_config_dict(model),
         "distill_config": cfg.to_dict(),
