@@ -143,3 +143,19 @@ def test_int8_bundle_loads_and_decodes(tmp_path, rng: torch.Generator) -> None:
     assert (lp.exp() - lp32.exp()).abs().max() < 0.05  # int8 stays close to fp32
     tr = greedy_ctc_decode(lp[0, : out.lengths[0]], bundle.vocab, 1 / bundle.frame_rate)
     assert isinstance(tr.text, str)
+
+
+def test_distilhubert_baseline_bundle_round_trip(tmp_path, rng: torch.Generator) -> None:
+    from model_training.models.distilhubert import distilhubert_tiny
+
+    torch.manual_seed(1)
+    upstream = distilhubert_tiny().eval()
+    head = tiny_ctc_head(upstream.hidden_dims)
+    bundle = load_bundle(save_bundle(tmp_path / "dh", upstream, head, VOCAB))
+    assert bundle.config["upstream"]["type"] == "distilhubert"
+    wave = torch.randn(2, 6000, generator=rng)
+    lengths = torch.tensor([6000, 4100])
+    with torch.no_grad():
+        _, ref = ASRModel(upstream, head).eval()(wave, lengths)
+        _, lp = bundle.model(wave, lengths)
+    torch.testing.assert_close(lp, ref, atol=0, rtol=0)

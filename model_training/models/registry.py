@@ -37,9 +37,8 @@ UPSTREAMS: dict[str, UpstreamType] = {
     ),
     "distilhubert": UpstreamType(
         "model_training.models.distilhubert",
-        "DistilHubertStudent",
-        "DistilHubertConfig",
-        inference_overrides=(("target_layers", []),),
+        "DistilHubert",
+        "DistilHubertConfig",  # its layer-prediction heads stay in the bundle (1.8M params)
     ),
     "fbank": UpstreamType("model_training.models.fbank", "FbankUpstream", "FbankConfig"),
 }
