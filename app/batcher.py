@@ -365,12 +365,14 @@ class DynamicBatcher(Generic[R]):
         except torch.OutOfMemoryError:
             if len(batch) == 1:
                 raise
-            self.stats.oom_splits += 1
-            logger.warning("out of memory on a batch of %d; splitting in halves", len(batch))
-            if self.device.type == "cuda":
-                torch.cuda.empty_cache()
-            half = len(batch) // 2
-            return self._compute(batch[:half]) + self._compute(batch[half:])
+        # Retry outside the except block: the traceback would keep the failed attempt's
+        # device tensors alive during the retries.
+        self.stats.oom_splits += 1
+        logger.warning("out of memory on a batch of %d; splitting in halves", len(batch))
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        half = len(batch) // 2
+        return self._compute(batch[:half]) + self._compute(batch[half:])
 
     def _run_padded(self, batch: list[_Item]) -> list[R]:
         longest = max(item.num_samples for item in batch)
