@@ -154,8 +154,9 @@ def test_cached_targets_equal_teacher_on_the_fly(corpus, tmp_path) -> None:
 def test_fp16_top_k_cache_is_close(corpus, tmp_path) -> None:
     """The default cache (fp16, k < C) stays close to the exact loss (k = C, fp32)."""
     teacher = HubertTeacher.from_hf_dir(corpus["teacher"])
-    small = build_target_cache(teacher, corpus["manifest"], tmp_path / "c16", top_k=8,
-                               progress=False)  # fmt: skip
+    small = build_target_cache(
+        teacher, corpus["manifest"], tmp_path / "c16", top_k=8, progress=False
+    )
     manifest = read_manifest(corpus["manifest"])
     exact = TargetCache(corpus["cache"]).get(0)
     approx = TargetCache(small, manifest).get(0)
@@ -166,8 +167,9 @@ def test_fp16_top_k_cache_is_close(corpus, tmp_path) -> None:
 
 def test_cache_resume_skips_finished_shards(corpus, tmp_path) -> None:
     teacher = HubertTeacher.from_hf_dir(corpus["teacher"])
-    out = build_target_cache(teacher, corpus["manifest"], tmp_path / "c", top_k=4,
-                             shard_size=2, progress=False)  # fmt: skip
+    out = build_target_cache(
+        teacher, corpus["manifest"], tmp_path / "c", top_k=4, shard_size=2, progress=False
+    )
     shard = out / "shard-00001.safetensors"
     mtime = (out / "shard-00000.safetensors").stat().st_mtime_ns
     shard.unlink()
@@ -185,10 +187,22 @@ def test_torchrun_two_processes_gloo(corpus, tmp_path) -> None:
     torchrun = Path(sys.executable).with_name("torchrun")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
-        [str(torchrun), "--nproc_per_node", "2", "--master_port", "29517", "-m",
-         "model_training.training.distill", "--config", str(path)],
-        capture_output=True, text=True, timeout=240, env=env,
-    )  # fmt: skip
+        [
+            str(torchrun),
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            "29517",
+            "-m",
+            "model_training.training.distill",
+            "--config",
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     student = load_student_checkpoint(tmp_path / "ddp")
     assert student.config.num_classes == NUM_CLASSES
