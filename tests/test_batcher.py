@@ -197,7 +197,7 @@ async def test_event_loop_stays_free_while_model_runs(make_batcher):
     while not task.done():
         await asyncio.sleep(0.01)
         ticks += 1
-    assert ticks >= 10
+    assert ticks >= 5  # the loop kept running while the worker slept 0.3 s
 
 
 async def test_submit_after_stop_and_bad_input():
