@@ -1,0 +1,633 @@
+"""Model speed: the LSTM students against HuBERT Base and DistilHuBERT, side by side in one run.
+
+For every model and batch size (10-second inputs by default) on the CPU (and CUDA when present):
+audio seconds processed per wall second (median of interleaved repeats after warm-up), peak
+forward memory, multiply-accumulates (MACs) per audio second counted by running the model, and
+the achieved share of this machine's fp32 matmul throughput measured in the same run.
+
+Models (random weights: speed does not depend on the values):
+    hubert_base         transformers HubertModel(HubertConfig()): CNN + 12 x 768 Transformer
+    distilhubert        the DistilHuBERT architecture: the same CNN + 2 x 768 Transformer layers
+                        (its layer-prediction heads are training-only and left out)
+    student_paper       lstm_student_paper(num_classes=0): CNN + 4 BiLSTM x 384 (as served)
+    student_demo        lstm_student_small(num_classes=0): 256-channel CNN + 3 BiLSTM x 256
+    student_paper_int8  student_paper after quantize_dynamic_int8 (LSTM/Linear int8; CPU only)
+
+Memory: on CPU, the peak RSS growth during one forward in a fresh subprocess per model and batch
+(torch's allocations are invisible to tracemalloc); on CUDA, max_memory_allocated above the
+memory held before the forward.
+
+MACs: torch.utils.flop_counter.FlopCounterMode counts convolutions and matmuls but not the
+fused LSTM kernels; the script checks that on a bare nn.LSTM and, where it misses them, adds
+the LSTM MACs from the module shapes and the steps that actually ran (4 * H * (D_in + H) per
+step and direction). The JSON says which.
+
+    python benchmarks/model_speed.py                 # full run (a few minutes on 2 cores)
+    python benchmarks/model_speed.py --quick         # seconds; checks the script, not the speed
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from common import (
+    RESULTS_DIR,
+    grouped_bars,
+    matmul_peak_gflops,
+    peak_rss_mb,
+    pyplot,
+    reset_peak_rss,
+    rss_mb,
+    setup_logging,
+    summarize,
+    time_call,
+    write_json,
+)
+from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence
+from torch.utils.flop_counter import FlopCounterMode
+
+log = logging.getLogger("model_speed")
+
+SAMPLE_RATE = 16_000
+REFERENCE = "distilhubert"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A benchmarked model: how to build it, what it is, and where it runs."""
+
+    name: str
+    description: str
+    build: Callable[[], nn.Module]
+    call: Callable[[nn.Module, Tensor], Any]
+    cpu_only: bool = False
+    macs_from: str | None = None  # count MACs on this model instead (same arithmetic)
+
+
+def _hubert(num_layers: int) -> nn.Module:
+    """transformers' HubertModel with `num_layers` Transformer layers, weight norm folded."""
+    from torch.nn.utils import parametrize
+    from transformers import HubertConfig, HubertModel
+
+    model = HubertModel(HubertConfig(num_hidden_layers=num_layers)).eval()
+    # The positional conv's weight norm is recomputed every call in training form; a deployed
+    # model folds it (and FlopCounterMode cannot trace the parametrization).
+    conv = model.encoder.pos_conv_embed.conv
+    if parametrize.is_parametrized(conv):
+        parametrize.remove_parametrizations(conv, "weight", leave_parametrized=True)
+    return model
+
+
+def _call_hf(model: nn.Module, x: Tensor) -> Any:
+    return model(x, output_hidden_states=True)
+
+
+def _call_student(model: nn.Module, x: Tensor) -> Any:
+    return model(x)
+
+
+def _student_paper() -> nn.Module:
+    from model_training.models.student import lstm_student_paper
+
+    return lstm_student_paper(num_classes=0).eval()
+
+
+def _student_demo() -> nn.Module:
+    from model_training.models.student import lstm_student_small
+
+    return lstm_student_small(num_classes=0).eval()
+
+
+def _student_paper_int8() -> nn.Module:
+    from model_training.bundle import quantize_dynamic_int8
+
+    return quantize_dynamic_int8(_student_paper())
+
+
+MODELS: dict[str, ModelSpec] = {
+    s.name: s
+    for s in (
+        ModelSpec(
+            "hubert_base",
+            "HuBERT Base (transformers HubertConfig(), 12 x 768 Transformer), random init",
+            lambda: _hubert(12),
+            _call_hf,
+        ),
+        ModelSpec(
+            "distilhubert",
+            "DistilHuBERT architecture (HuBERT CNN + 2 x 768 Transformer), random init",
+            lambda: _hubert(2),
+            _call_hf,
+        ),
+        ModelSpec(
+            "student_paper",
+            "paper student: HuBERT CNN + 4 BiLSTM x 384, no training head",
+            _student_paper,
+            _call_student,
+        ),
+        ModelSpec(
+            "student_demo",
+            "demo student (lstm_student_small): 256-ch CNN + 3 BiLSTM x 256, no head",
+            _student_demo,
+            _call_student,
+        ),
+        ModelSpec(
+            "student_paper_int8",
+            "paper student with dynamic int8 LSTM/Linear (quantize_dynamic_int8)",
+            _student_paper_int8,
+            _call_student,
+            cpu_only=True,
+            macs_from="student_paper",
+        ),
+    )
+}
+
+
+# --- MAC counting -------------------------------------------------------------------------
+
+
+def lstm_macs(module: nn.Module, steps: int) -> int:
+    """MACs of an (optionally bidirectional, multi-layer) LSTM over `steps` batch-time steps.
+
+    Per step, direction and layer: the four gates' input and recurrent matmuls,
+    4 * H * (D_in + H); D_in is the input size for layer 0 and H * directions above it.
+    """
+    hidden = int(module.hidden_size)
+    dirs = 2 if module.bidirectional else 1
+    total = 0
+    for layer in range(int(module.num_layers)):
+        d_in = int(module.input_size) if layer == 0 else hidden * dirs
+        total += 4 * hidden * (d_in + hidden) * dirs
+    return total * steps
+
+
+def _is_lstm(module: nn.Module) -> bool:
+    return isinstance(module, nn.LSTM) or type(module).__name__ == "LSTM"
+
+
+def flop_counter_counts_lstm() -> bool:
+    """Whether FlopCounterMode sees an LSTM's matmuls on this build (checked, not assumed)."""
+    lstm = nn.LSTM(8, 8, batch_first=True).eval()
+    counter = FlopCounterMode(display=False)
+    with torch.inference_mode(), counter:
+        lstm(torch.randn(1, 4, 8))
+    return counter.get_total_flops() > 0
+
+
+def count_macs(spec: ModelSpec, model: nn.Module, x: Tensor, count_lstm: bool) -> dict[str, Any]:
+    """Run `model` once on `x` (B=1) and count its MACs per audio second.
+
+    Returns total, a breakdown by top-level submodule and by op, and how LSTMs were counted.
+    """
+    lstm_steps: dict[str, int] = {}
+
+    def hook(name: str) -> Callable[..., None]:
+        def record(_module: nn.Module, args: tuple[Any, ...], _out: Any) -> None:
+            inp = args[0]
+            if isinstance(inp, PackedSequence):
+                steps = int(inp.data.shape[0])
+            else:
+                steps = int(inp.shape[0] * inp.shape[1]) if inp.dim() == 3 else int(inp.shape[0])
+            lstm_steps[name] = lstm_steps.get(name, 0) + steps
+
+        return record
+
+    handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if _is_lstm(m)]
+    counter = FlopCounterMode(display=False)
+    try:
+        with torch.inference_mode(), counter:
+            spec.call(model, x)
+    finally:
+        for h in handles:
+            h.remove()
+    audio_seconds = x.shape[0] * x.shape[1] / SAMPLE_RATE
+    by_module: dict[str, float] = {}
+    by_op: dict[str, float] = {}
+    root = type(model).__name__
+    for key, ops in counter.get_flop_counts().items():
+        parts = key.split(".")
+        if key == "Global":
+            for op, flops in ops.items():
+                by_op[str(op)] = by_op.get(str(op), 0.0) + flops / 2 / audio_seconds
+        elif len(parts) == 2 and parts[0] == root:
+            by_module[parts[1]] = sum(ops.values()) / 2 / audio_seconds
+    total = counter.get_total_flops() / 2 / audio_seconds
+    lstm_total = 0.0
+    if not count_lstm:
+        modules = dict(model.named_modules())
+        for name, steps in lstm_steps.items():
+            macs = lstm_macs(modules[name], steps) / audio_seconds
+            lstm_total += macs
+            top = name.split(".")[0] + " (LSTM, analytic)"
+            by_module[top] = by_module.get(top, 0.0) + macs
+        if lstm_total:
+            by_op["lstm (analytic)"] = lstm_total
+        total += lstm_total
+    return {
+        "macs_per_audio_second": total,
+        "by_module": by_module,
+        "by_op": by_op,
+        "lstm_macs_analytic": lstm_total,
+        "counted_on": f"batch 1, {x.shape[1] / SAMPLE_RATE:g} s input, CPU fp32",
+    }
+
+
+# --- memory probe (CPU: one fresh subprocess per model and batch) --------------------------
+
+
+def probe_cpu_memory(name: str, batch: int, seconds: float, threads: int) -> dict[str, Any]:
+    """In this (fresh) process: build the model, then measure RSS growth over one forward."""
+    torch.set_num_threads(threads)
+    spec = MODELS[name]
+    model = spec.build()
+    x = torch.randn(batch, int(seconds * SAMPLE_RATE)) * 0.1
+    before = rss_mb()
+    exact = reset_peak_rss()
+    with torch.inference_mode():
+        spec.call(model, x)
+    peak = peak_rss_mb()
+    return {
+        "peak_memory_mb": peak - before if exact else None,
+        "rss_before_mb": before,
+        "process_peak_rss_mb": peak,
+        "method": "VmHWM reset via /proc/self/clear_refs, peak minus RSS before the forward"
+        if exact
+        else "unsupported: /proc/self/clear_refs not writable",
+    }
+
+
+def run_memory_probe(name: str, batch: int, seconds: float, threads: int) -> dict[str, Any]:
+    """Run `probe_cpu_memory` in a subprocess (a clean heap) and return its result."""
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--probe-memory",
+        f"{name}:{batch}",
+        "--seconds",
+        str(seconds),
+        "--threads",
+        str(threads),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    if proc.returncode != 0:
+        log.warning("memory probe %s b%d failed: %s", name, batch, proc.stderr[-2000:])
+        return {"peak_memory_mb": None, "method": "probe failed", "error": proc.stderr[-500:]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def cuda_forward_memory(spec: ModelSpec, model: nn.Module, x: Tensor) -> dict[str, Any]:
+    """Peak CUDA memory allocated during one forward, above what was held before it."""
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    with torch.inference_mode():
+        spec.call(model, x)
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated()
+    return {
+        "peak_memory_mb": (peak - before) / 2**20,
+        "allocated_before_mb": before / 2**20,
+        "method": "torch.cuda.max_memory_allocated minus memory_allocated before the forward",
+    }
+
+
+# --- timing ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Item:
+    """One (model, device, batch) cell of the benchmark."""
+
+    model: str
+    device: str
+    batch: int
+    inner: int = 1
+    warmup_s: float = 0.0
+    samples: list[float] | None = None
+
+
+def run_device(
+    device: str,
+    names: list[str],
+    built: dict[str, nn.Module],
+    args: argparse.Namespace,
+    deadline: float,
+) -> tuple[list[Item], dict[str, dict[str, Any]]]:
+    """Warm up, then time every (model, batch) on `device` in interleaved repeats."""
+    samples = int(args.seconds * SAMPLE_RATE)
+    models = {n: built[n].to(device) for n in names}
+    inputs = {b: torch.randn(b, samples, device=device) * 0.1 for b in args.batch_sizes}
+    items = [Item(n, device, b) for b in args.batch_sizes for n in names]
+    memory: dict[str, dict[str, Any]] = {}
+
+    def forward(item: Item) -> Callable[[], Any]:
+        spec, model, x = MODELS[item.model], models[item.model], inputs[item.batch]
+
+        def call() -> Any:
+            with torch.inference_mode():
+                return spec.call(model, x)
+
+        return call
+
+    for item in items:
+        fn = forward(item)
+        for _ in range(args.warmup):
+            item.warmup_s = time_call(fn, device)
+        item.inner = max(1, min(20, math.ceil(args.min_sample_s / max(item.warmup_s, 1e-6))))
+        log.info(
+            "%s %s b%d: warm-up %.3f s/call, %d call(s) per sample",
+            device,
+            item.model,
+            item.batch,
+            item.warmup_s,
+            item.inner,
+        )
+        if device == "cuda":
+            memory[f"{item.model}:{item.batch}"] = cuda_forward_memory(
+                MODELS[item.model], models[item.model], inputs[item.batch]
+            )
+    per_repeat = sum(i.warmup_s * i.inner for i in items)
+    left = deadline - time.monotonic()
+    repeats = max(args.min_repeats, min(args.repeats, int(left // max(per_repeat, 1e-6))))
+    log.info(
+        "%s: one repeat ~%.1f s, %.0f s left in the budget -> %d repeats",
+        device,
+        per_repeat,
+        left,
+        repeats,
+    )
+    for item in items:
+        item.samples = []
+    for r in range(repeats):
+        # rotate the order each repeat so slow drifts of the machine hit every model alike
+        shift = r % len(items)
+        for item in items[shift:] + items[:shift]:
+            assert item.samples is not None
+            item.samples.append(time_call(forward(item), device, inner=item.inner))
+    for n in names:
+        built[n].to("cpu")
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    return items, memory
+
+
+# --- main -----------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--models", default=",".join(MODELS), help="comma-separated subset")
+    p.add_argument("--batch-sizes", default=None, help="comma-separated (default 1,16)")
+    p.add_argument("--seconds", type=float, default=10.0, help="input length (default 10)")
+    p.add_argument("--repeats", type=int, default=5, help="timed repeats at most (default 5)")
+    p.add_argument("--min-repeats", type=int, default=2, help="repeats even past the budget")
+    p.add_argument("--warmup", type=int, default=1, help="untimed calls per cell first")
+    p.add_argument(
+        "--min-sample-s", type=float, default=0.5, help="repeat short calls up to this per sample"
+    )
+    p.add_argument(
+        "--budget-s", type=float, default=420.0, help="wall-clock budget; caps the repeats"
+    )
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--devices", default="auto", help="auto (cpu + cuda if present), cpu, cuda")
+    p.add_argument("--no-memory", action="store_true", help="skip the CPU memory subprocesses")
+    p.add_argument("--out", type=Path, default=RESULTS_DIR / "model_speed.json")
+    p.add_argument("--plot", type=Path, default=None, help="PNG path (default: next to --out)")
+    p.add_argument(
+        "--quick", action="store_true", help="1 s inputs, batches 1,2, one repeat (smoke test)"
+    )
+    p.add_argument("--probe-memory", default=None, help=argparse.SUPPRESS)
+    p.add_argument("-v", "--verbose", action="store_true")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.seconds, args.repeats, args.min_repeats = 1.0, 1, 1
+        args.batch_sizes = args.batch_sizes or "1,2"
+        args.min_sample_s, args.budget_s = 0.0, 60.0
+    args.models = [m.strip() for m in args.models.split(",") if m.strip()]
+    unknown = [m for m in args.models if m not in MODELS]
+    if unknown:
+        p.error(f"unknown models {unknown}; known: {list(MODELS)}")
+    args.batch_sizes = [int(b) for b in str(args.batch_sizes or "1,16").split(",")]
+    if min(args.batch_sizes) < 1 or args.seconds <= 0:
+        p.error("batch sizes and --seconds must be positive")
+    if args.threads is None:
+        args.threads = torch.get_num_threads()
+    if args.devices == "auto":
+        args.devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    else:
+        args.devices = [d.strip() for d in args.devices.split(",")]
+        if "cuda" in args.devices and not torch.cuda.is_available():
+            p.error("--devices cuda but torch.cuda.is_available() is False")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.probe_memory:
+        name, batch = args.probe_memory.split(":")
+        print(json.dumps(probe_cpu_memory(name, int(batch), args.seconds, args.threads)))
+        return 0
+    setup_logging(args.verbose)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    start = time.monotonic()
+    deadline = start + args.budget_s
+
+    count_lstm = flop_counter_counts_lstm()
+    models_info: dict[str, dict[str, Any]] = {}
+    built: dict[str, nn.Module] = {}
+    for name in args.models:
+        spec = MODELS[name]
+        built[name] = spec.build()
+        models_info[name] = {
+            "description": spec.description,
+            "parameters": sum(p.numel() for p in built[name].parameters()),
+            "cpu_only": spec.cpu_only,
+        }
+    # MACs, counted by running each model once at batch 1 on the benchmark's input length
+    count_input = torch.randn(1, int(args.seconds * SAMPLE_RATE)) * 0.1
+    counts: dict[str, dict[str, Any]] = {}
+    for name in args.models:
+        source = MODELS[name].macs_from or name
+        if source not in counts:
+            model = built[source] if source in built else MODELS[source].build()
+            counts[source] = count_macs(MODELS[source], model, count_input, count_lstm)
+        models_info[name]["macs"] = {**counts[source], "counted_model": source}
+        if source != name:
+            models_info[name]["macs"]["note"] = (
+                f"same arithmetic as {source}; FlopCounterMode does not see quantized kernels"
+            )
+        # the int8 model's parameters live in packed params; report the fp32 count it came from
+        if models_info[name]["parameters"] == 0 or source != name:
+            models_info[name]["parameters"] = sum(
+                p.numel() for p in MODELS[source].build().parameters()
+            )
+
+    results: list[dict[str, Any]] = []
+    peaks: dict[str, dict[str, Any]] = {}
+    for device in args.devices:
+        names = [n for n in args.models if not (device != "cpu" and MODELS[n].cpu_only)]
+        peaks[device] = matmul_peak_gflops(device)
+        log.info("%s fp32 matmul: %.1f GFLOP/s (best)", device, peaks[device]["gflops_best"])
+        items, memory = run_device(device, names, built, args, deadline)
+        if device == "cpu" and not args.no_memory:
+            for item in items:
+                memory[f"{item.model}:{item.batch}"] = run_memory_probe(
+                    item.model, item.batch, args.seconds, args.threads
+                )
+        for item in items:
+            assert item.samples is not None
+            stats = summarize(item.samples)
+            audio = item.batch * args.seconds
+            macs = models_info[item.model]["macs"]["macs_per_audio_second"]
+            throughput = audio / stats["median"]
+            achieved = 2 * macs * throughput / 1e9
+            results.append(
+                {
+                    "model": item.model,
+                    "device": device,
+                    "batch": item.batch,
+                    "input_seconds": args.seconds,
+                    "calls_per_sample": item.inner,
+                    "seconds_per_call": stats,
+                    "samples_s": item.samples,
+                    "audio_s_per_wall_s": throughput,
+                    "achieved_gflops": achieved,
+                    "fraction_of_matmul_peak": achieved / peaks[device]["gflops_best"],
+                    "memory": memory.get(f"{item.model}:{item.batch}"),
+                    "repeats": len(item.samples),
+                }
+            )
+    ratios = compute_ratios(results)
+    payload = {
+        "settings": {
+            "models": args.models,
+            "batch_sizes": args.batch_sizes,
+            "input_seconds": args.seconds,
+            "repeats_max": args.repeats,
+            "warmup": args.warmup,
+            "min_sample_s": args.min_sample_s,
+            "budget_s": args.budget_s,
+            "threads": args.threads,
+            "devices": args.devices,
+            "quick": args.quick,
+            "grad_mode": "torch.inference_mode",
+            "interleaving": "every repeat times every (model, batch) once, order rotated",
+        },
+        "mac_counting": {
+            "tool": "torch.utils.flop_counter.FlopCounterMode (MACs = FLOPs / 2)",
+            "flop_counter_counts_lstm": count_lstm,
+            "lstm": "counted by FlopCounterMode"
+            if count_lstm
+            else "FlopCounterMode misses LSTM kernels here; LSTM MACs added from module shapes "
+            "and the steps that ran: 4*H*(D_in+H) per step, direction and layer",
+        },
+        "matmul_peak": peaks,
+        "models": models_info,
+        "results": results,
+        "ratios": ratios,
+        "elapsed_s": time.monotonic() - start,
+    }
+    write_json(args.out, "model_speed", payload)
+    plot(results, args.plot or args.out.with_suffix(".png"))
+    print_table(results, ratios)
+    return 0
+
+
+def compute_ratios(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Throughput of each model over DistilHuBERT's and HuBERT Base's, same device and batch.
+
+    `x_vs_ref` divides medians; `paired_range` gives the min and max of the same ratio taken
+    repeat by repeat (each repeat times both models close together), a measure of its noise.
+    """
+    index = {(r["model"], r["device"], r["batch"]): r for r in results}
+    out = []
+    for r in results:
+        row: dict[str, Any] = {"model": r["model"], "device": r["device"], "batch": r["batch"]}
+        for ref in (REFERENCE, "hubert_base"):
+            other = index.get((ref, r["device"], r["batch"]))
+            if other is None:
+                continue
+            row[f"vs_{ref}"] = r["audio_s_per_wall_s"] / other["audio_s_per_wall_s"]
+            paired = [
+                t_ref / t
+                for t, t_ref in zip(r["samples_s"], other["samples_s"], strict=False)
+                if t > 0
+            ]
+            if paired:
+                row[f"vs_{ref}_paired_range"] = [min(paired), max(paired)]
+        out.append(row)
+    return out
+
+
+def print_table(results: list[dict[str, Any]], ratios: list[dict[str, Any]]) -> None:
+    """A console summary of the run."""
+    ratio_index = {(r["model"], r["device"], r["batch"]): r for r in ratios}
+    print(
+        f"{'device':6} {'model':20} {'batch':>5} {'audio s/s':>10} {'vs distil':>9} "
+        f"{'vs base':>8} {'GMAC/s':>7} {'%peak':>6} {'mem MB':>8}"
+    )
+    for r in results:
+        ratio = ratio_index[(r["model"], r["device"], r["batch"])]
+        mem = (r["memory"] or {}).get("peak_memory_mb")
+        print(
+            f"{r['device']:6} {r['model']:20} {r['batch']:>5} {r['audio_s_per_wall_s']:>10.2f} "
+            f"{ratio.get('vs_distilhubert', float('nan')):>9.2f} "
+            f"{ratio.get('vs_hubert_base', float('nan')):>8.2f} "
+            f"{r['achieved_gflops'] / 2:>7.1f} {100 * r['fraction_of_matmul_peak']:>5.0f}% "
+            f"{(f'{mem:.0f}' if mem is not None else '-'):>8}"
+        )
+
+
+def plot(results: list[dict[str, Any]], path: Path) -> None:
+    """Throughput and peak memory per model, one column per device, one bar per batch size."""
+    plt = pyplot()
+    if plt is None:
+        return
+    devices = list(dict.fromkeys(r["device"] for r in results))
+    fig, axes = plt.subplots(2, len(devices), figsize=(7 * len(devices), 8), squeeze=False)
+    for col, device in enumerate(devices):
+        rows = [r for r in results if r["device"] == device]
+        models = list(dict.fromkeys(r["model"] for r in rows))
+        batches = sorted({r["batch"] for r in rows})
+        idx = {(r["model"], r["batch"]): r for r in rows}
+        tput = {
+            f"batch {b}": [
+                idx[(m, b)]["audio_s_per_wall_s"] if (m, b) in idx else None for m in models
+            ]
+            for b in batches
+        }
+        mem = {
+            f"batch {b}": [
+                ((idx[(m, b)]["memory"] or {}).get("peak_memory_mb") if (m, b) in idx else None)
+                for m in models
+            ]
+            for b in batches
+        }
+        seconds = rows[0]["input_seconds"]
+        grouped_bars(axes[0][col], models, tput, "audio seconds per wall second", log_scale=True)
+        axes[0][col].set_title(f"{device}: throughput on {seconds:g} s inputs (higher is better)")
+        grouped_bars(axes[1][col], models, mem, "peak forward memory (MiB)", fmt="{:.0f}")
+        axes[1][col].set_title(f"{device}: memory growth during one forward")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    log.info("wrote %s", path)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
