@@ -15,10 +15,12 @@ import typer
 
 
 def serve(
-    model_dir: Path = typer.Option(Path("models/default"), help="Bundle directory to serve."),
-    host: str = typer.Option("0.0.0.0", help="Bind address."),
-    port: int = typer.Option(8000, help="Port."),
-    device: str = typer.Option("auto", help="auto | cpu | cuda"),
+    model_dir: Path = typer.Option(
+        Path("models/default"), envvar="HLSTM_MODEL_DIR", help="Bundle directory to serve."
+    ),
+    host: str = typer.Option("0.0.0.0", envvar="HLSTM_HOST", help="Bind address."),
+    port: int = typer.Option(8000, envvar="HLSTM_PORT", help="Port."),
+    device: str = typer.Option("auto", envvar="HLSTM_DEVICE", help="auto | cpu | cuda"),
     fp16: bool | None = typer.Option(None, help="Autocast to float16 on CUDA."),
     max_batch_size: int | None = typer.Option(None, help="Most requests per batch."),
     max_wait_ms: float | None = typer.Option(None, help="Longest wait for a batch to fill."),
