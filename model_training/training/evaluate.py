@@ -1,0 +1,365 @@
+"""ASR evaluation: load a recognizer, transcribe a manifest in length-bucketed batches, score.
+
+Also home of the upstream resolver shared by fine-tuning and export, so every recognizer is
+built the same way:
+
+    load_upstream("fbank" | student checkpoint | bundle dir | teacher dir) -> (upstream, ref)
+    load_recognizer(bundle dir | fine-tuning run dir | run/best) -> Recognizer
+
+`ref` is a small JSON-ready dict naming where the upstream came from; a fine-tuning run stores
+it next to the head weights, so the head can be put back on the same frozen upstream later.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jiwer
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from model_training.bundle import BUNDLE_FORMAT, CONFIG_FILE, load_bundle
+from model_training.data.collate import AudioBatch, collate_audio
+from model_training.data.dataset import AudioDataset
+from model_training.data.manifest import Manifest, read_manifest
+from model_training.data.sampler import LengthBucketSampler
+from model_training.decoding import Transcript, greedy_ctc_decode_batch
+from model_training.models.ctc import ASRModel, CTCHead, CTCHeadConfig
+from model_training.text import CharVocab, normalize_text
+
+log = logging.getLogger(__name__)
+
+HEAD_WEIGHTS = "head.safetensors"
+HEAD_META = "head.json"
+HEAD_FORMAT = "hubert-lstm/ctc-head"
+BEST_DIR = "best"
+
+
+# ----------------------------------------------------------------------------- upstreams
+
+
+def _is_bundle(path: Path) -> bool:
+    config = path / CONFIG_FILE
+    if not config.is_file():
+        return False
+    try:
+        return json.loads(config.read_text()).get("format") == BUNDLE_FORMAT
+    except json.JSONDecodeError:
+        return False
+
+
+def _is_hf_teacher(path: Path) -> bool:
+    config = path / "config.json"
+    if not config.is_file():
+        return False
+    try:
+        return json.loads(config.read_text()).get("model_type") == "hubert"
+    except json.JSONDecodeError:
+        return False
+
+
+def load_upstream(
+    spec: str | os.PathLike | dict[str, Any], device: str | torch.device = "cpu"
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Build a frozen upstream (eval mode, no gradients) and a reference to rebuild it.
+
+    Args:
+        spec: "fbank" (log-mel baseline, default settings), a dict reference returned by an
+            earlier call, a bundle directory, a Hugging Face HuBERT directory (teacher), or a
+            distilled student (`student.safetensors`, a distill run dir or `checkpoint-*.pt`).
+    Returns:
+        (upstream, ref) with ref = {"kind": "fbank" | "bundle" | "teacher" | "student",
+        "path": absolute path or None, "config": fbank settings or None}.
+    """
+    if isinstance(spec, dict):
+        ref = dict(spec)
+    elif str(spec) == "fbank":
+        ref = {"kind": "fbank", "path": None, "config": {}}
+    else:
+        path = Path(spec).resolve()
+        if not path.exists():
+            raise FileNotFoundError(
+                f"upstream {spec!s} not found (expected 'fbank', a bundle dir, a teacher dir "
+                "or a student checkpoint)"
+            )
+        if path.is_dir() and _is_bundle(path):
+            kind = "bundle"
+        elif path.is_dir() and _is_hf_teacher(path):
+            kind = "teacher"
+        else:
+            kind = "student"
+        ref = {"kind": kind, "path": str(path), "config": None}
+    kind = ref.get("kind")
+    if kind == "fbank":
+        from model_training.models.fbank import FbankConfig, FbankUpstream
+
+        upstream: nn.Module = FbankUpstream(FbankConfig.from_dict(ref.get("config") or {}))
+        ref["config"] = upstream.config.to_dict()
+    elif kind == "bundle":
+        bundle = load_bundle(ref["path"], device="cpu")
+        if bundle.config.get("quantize"):
+            raise ValueError(
+                f"{ref['path']} is a {bundle.config['quantize']} bundle; fine-tune on the fp32 "
+                "bundle and quantize at export"
+            )
+        upstream = bundle.upstream
+    elif kind == "teacher":
+        from model_training.models.teacher import HubertTeacher
+
+        upstream = HubertTeacher.from_hf_dir(ref["path"])
+    elif kind == "student":
+        from model_training.training.distill import load_student_checkpoint
+
+        upstream = load_student_checkpoint(ref["path"])
+    else:
+        raise ValueError(f"unknown upstream kind {kind!r}; expected fbank|bundle|teacher|student")
+    upstream.requires_grad_(False)
+    return upstream.to(device).eval(), ref
+
+
+# ----------------------------------------------------------------------------- recognizers
+
+
+@dataclass
+class Recognizer:
+    """An ASR model ready for inference, its vocabulary, and facts for reports."""
+
+    model: ASRModel
+    vocab: CharVocab
+    source: str  # "bundle" or "run"
+    path: Path
+    parameters: int
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Parameters of a float model (for a dynamically quantized one, count its float twin)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def save_head(
+    out_dir: str | os.PathLike,
+    head: CTCHead,
+    vocab: CharVocab,
+    upstream_ref: dict[str, Any],
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Write a fine-tuned head (safetensors + JSON: head config, vocabulary, upstream ref)."""
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tensors = {
+        k: v.detach().to("cpu", torch.float32).contiguous() for k, v in head.state_dict().items()
+    }
+    tmp = out / (HEAD_WEIGHTS + ".tmp")
+    save_file(tensors, str(tmp), metadata={"format": HEAD_FORMAT})
+    os.replace(tmp, out / HEAD_WEIGHTS)
+    meta = {
+        "format": HEAD_FORMAT,
+        "head": head.config.to_dict(),
+        "vocab": vocab.to_config(),
+        "upstream": upstream_ref,
+        **(extra or {}),
+    }
+    (out / HEAD_META).write_text(json.dumps(meta, indent=2) + "\n")
+    return out
+
+
+def load_head(path: str | os.PathLike) -> tuple[CTCHead, CharVocab, dict[str, Any]]:
+    """Inverse of `save_head`: (head in eval mode, vocabulary, the metadata dict)."""
+    path = Path(path)
+    meta_path = path / HEAD_META
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"no {HEAD_META} in {path}")
+    meta = json.loads(meta_path.read_text())
+    if meta.get("format") != HEAD_FORMAT:
+        raise ValueError(
+            f"{meta_path}: expected format {HEAD_FORMAT!r}, found {meta.get('format')!r}"
+        )
+    head = CTCHead(CTCHeadConfig.from_dict(meta["head"]))
+    head.load_state_dict(load_file(str(path / HEAD_WEIGHTS)), strict=True)
+    return head.eval(), CharVocab.from_config(meta["vocab"]), meta
+
+
+def load_recognizer(path: str | os.PathLike, device: str | torch.device = "cpu") -> Recognizer:
+    """A bundle directory, a fine-tuning run directory (uses its `best/`) or a `best/` dir."""
+    path = Path(path)
+    if _is_bundle(path):
+        bundle = load_bundle(path, device=device)
+        if not bundle.has_ctc or bundle.vocab is None:
+            raise ValueError(f"bundle {path} has no CTC head: it cannot transcribe")
+        return Recognizer(
+            model=bundle.model,  # type: ignore[arg-type]
+            vocab=bundle.vocab,
+            source="bundle",
+            path=path,
+            parameters=int(bundle.config.get("parameters") or count_parameters(bundle.model)),
+            info={"quantize": bundle.config.get("quantize"), "name": bundle.name},
+        )
+    head_dir = path / BEST_DIR if (path / BEST_DIR / HEAD_META).is_file() else path
+    if not (head_dir / HEAD_META).is_file():
+        raise FileNotFoundError(
+            f"{path} is neither a bundle (config.json) nor a fine-tuning run "
+            f"({BEST_DIR}/{HEAD_META})"
+        )
+    head, vocab, meta = load_head(head_dir)
+    upstream, _ = load_upstream(meta["upstream"], device)
+    model = ASRModel(upstream, head).to(device).eval()
+    return Recognizer(
+        model=model,
+        vocab=vocab,
+        source="run",
+        path=head_dir,
+        parameters=count_parameters(model),
+        info={"upstream": meta["upstream"], "step": meta.get("step"), "dev": meta.get("dev")},
+    )
+
+
+# ----------------------------------------------------------------------------- scoring
+
+
+def score(references: Sequence[str], hypotheses: Sequence[str]) -> dict[str, float]:
+    """Corpus WER and CER (jiwer) after `normalize_text` on both sides; {} when empty."""
+    if len(references) != len(hypotheses):
+        raise ValueError(
+            f"expected as many hypotheses as references, "
+            f"found {len(hypotheses)} vs {len(references)}"
+        )
+    refs = [normalize_text(r) for r in references]
+    hyps = [normalize_text(h) for h in hypotheses]
+    keep = [i for i, r in enumerate(refs) if r]
+    if not keep:
+        return {}
+    refs = [refs[i] for i in keep]
+    hyps = [hyps[i] for i in keep]
+    return {"wer": float(jiwer.wer(refs, hyps)), "cer": float(jiwer.cer(refs, hyps))}
+
+
+# ----------------------------------------------------------------------------- transcription
+
+
+def manifest_batches(
+    manifest: Manifest,
+    max_batch_samples: int,
+    max_batch_size: int | None = None,
+    num_workers: int = 0,
+) -> Iterator[tuple[list[int], AudioBatch]]:
+    """(indices, padded batch) in ascending-length buckets, every utterance exactly once."""
+    dataset = AudioDataset(manifest)
+    sampler = LengthBucketSampler(
+        manifest.lengths, max_batch_samples, max_batch_size, shuffle=False
+    )
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_sampler=sampler, collate_fn=collate_audio, num_workers=num_workers
+    )
+    yield from zip(sampler.rank_batches(), loader, strict=True)
+
+
+@torch.inference_mode()
+def transcribe_batch(
+    model: nn.Module, vocab: CharVocab, batch: AudioBatch, device: str | torch.device = "cpu"
+) -> list[Transcript]:
+    """Greedy transcripts (with word timestamps) of one padded batch."""
+    batch = batch.to(device)
+    out, log_probs = model(batch.waveforms, batch.lengths)
+    return greedy_ctc_decode_batch(
+        log_probs.cpu(), out.lengths.cpu(), vocab, 1.0 / float(model.frame_rate)
+    )
+
+
+def evaluate_recognizer(
+    recognizer: Recognizer,
+    manifest: Manifest | str | os.PathLike,
+    *,
+    device: str | torch.device = "cpu",
+    max_batch_seconds: float = 160.0,
+    max_batch_size: int | None = 32,
+    num_workers: int = 0,
+    details: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """WER, CER, utterances, audio seconds, real-time factor and parameters on a manifest.
+
+    The real-time factor is model time (forward + decoding, audio decoding excluded) over
+    audio time; the first batch is run once untimed to warm up. Per-utterance results are
+    appended to `details` when a list is given.
+    """
+    manifest = manifest if isinstance(manifest, Manifest) else read_manifest(manifest)
+    if len(manifest) == 0:
+        raise ValueError("the evaluation manifest has no utterances")
+    model = recognizer.model
+    sr = int(model.sample_rate)
+    refs: list[str] = []
+    hyps: list[str] = []
+    compute = 0.0
+    audio_seconds = 0.0
+    warm = False
+    for indices, batch in manifest_batches(
+        manifest, int(max_batch_seconds * sr), max_batch_size, num_workers
+    ):
+        if not warm:
+            transcribe_batch(model, recognizer.vocab, batch, device)
+            warm = True
+        if torch.device(device).type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        transcripts = transcribe_batch(model, recognizer.vocab, batch, device)
+        compute += time.perf_counter() - start
+        audio_seconds += float(batch.lengths.sum()) / sr
+        for i, tr in zip(indices, transcripts, strict=True):
+            refs.append(manifest[i].text)
+            hyps.append(tr.text)
+            if details is not None:
+                details.append(
+                    {"id": manifest[i].id, "ref": normalize_text(manifest[i].text), "hyp": tr.text}
+                )
+    metrics = score(refs, hyps)
+    return {
+        "wer": metrics.get("wer"),
+        "cer": metrics.get("cer"),
+        "utterances": len(manifest),
+        "audio_seconds": round(audio_seconds, 3),
+        "processing_seconds": round(compute, 4),
+        "rtf": compute / audio_seconds if audio_seconds else None,
+        "parameters": recognizer.parameters,
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "model": str(recognizer.path),
+        "source": recognizer.source,
+    }
+
+
+def evaluate(
+    model_dir: str | os.PathLike,
+    manifest: str | os.PathLike,
+    *,
+    device: str = "cpu",
+    max_batch_seconds: float = 160.0,
+    max_batch_size: int | None = 32,
+    num_workers: int = 0,
+    details_path: str | os.PathLike | None = None,
+) -> dict[str, Any]:
+    """Load `model_dir` (bundle or run), evaluate on `manifest` (see `evaluate_recognizer`)."""
+    recognizer = load_recognizer(model_dir, device)
+    details: list[dict[str, Any]] | None = [] if details_path else None
+    result = evaluate_recognizer(
+        recognizer,
+        manifest,
+        device=device,
+        max_batch_seconds=max_batch_seconds,
+        max_batch_size=max_batch_size,
+        num_workers=num_workers,
+        details=details,
+    )
+    result["manifest"] = str(manifest)
+    if details_path and details is not None:
+        Path(details_path).write_text("".join(json.dumps(d) + "\n" for d in details))
+    return result
