@@ -793,6 +793,7 @@ def train_one_epoch(tr: Trainer, state: TrainState, last_step: int, bar: Any) ->
             means["loss"] = float(reduced)
             elapsed = time.perf_counter() - t0
             means.update(
+                seconds_per_step=elapsed / max(1, window_n // accum),
                 lr=tr.scheduler.get_last_lr()[0],
                 grad_norm=grad_norm,
                 audio_seconds_per_s=audio_seconds / max(elapsed, 1e-9),
@@ -940,7 +941,13 @@ def _run(cfg: DistillConfig, info: DistInfo, device: torch.device) -> Path:
         if hasattr(model, "init_cnn_from"):
             model.init_cnn_from(teacher)
         else:  # DistilHuBERT copies the CNN and the first Transformer layers
-            model.init_from_teacher(teacher, copy_layers=True)
+            try:
+                model.init_from_teacher(teacher, copy_layers=True)
+            except ValueError as err:  # a different width: only the CNN can be copied
+                logger.info("teacher layers do not fit the student (%s); copying the CNN", err)
+                model.feature_extractor.load_from_hf_feature_encoder(
+                    teacher.hubert.feature_extractor
+                )
     live_needed = (
         train_cache is None
         or not set(feature_layers) <= set(train_cache.layers)

@@ -180,7 +180,7 @@ class TeacherPretrainConfig:
     num_clusters: int = 100
     kmeans_max_frames: int = 200_000
     hidden_size: int = 256
-    num_layers: int = 4
+    num_layers: int = 6
     num_heads: int = 4
     ffn_dim: int = 1024
     conv_dim: int = 256  # same conv layout as student.DEMO_CONV_LAYERS
