@@ -1,9 +1,121 @@
-"""CLI commands for this area (filled in by its issue)."""
+"""`hubert-lstm finetune-ctc | evaluate | export`: the recognizer on a frozen upstream."""
 
 from __future__ import annotations
 
+import json
+import logging
+from pathlib import Path
+
 import typer
+
+logger = logging.getLogger(__name__)
+
+
+def finetune_ctc(
+    upstream: str = typer.Option(
+        ...,
+        "--upstream",
+        help="'fbank', a student checkpoint (student.safetensors / distill run / checkpoint-*.pt), "
+        "a bundle dir, or a Hugging Face HuBERT dir (teacher).",
+    ),
+    train: Path = typer.Option(..., "--train", help="Training manifest TSV (with transcripts)."),
+    dev: Path | None = typer.Option(None, "--dev", help="Dev manifest: selects the best head."),
+    out: Path = typer.Option(..., "--out", help="Run directory (resumes if it has checkpoints)."),
+    config: Path | None = typer.Option(None, "--config", help="YAML, e.g. configs/ctc/demo.yaml."),
+    overrides: list[str] | None = typer.Option(
+        None, "--set", help="Config override KEY=VALUE (YAML value); repeatable."
+    ),
+    max_steps: int | None = typer.Option(None, "--max-steps", help="Override max_steps."),
+    device: str | None = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N."),
+    feature_cache: str | None = typer.Option(
+        None, "--feature-cache", help="none | memory | disk: reuse the frozen upstream's features."
+    ),
+) -> None:
+    """Train a SUPERB-style CTC head on a frozen upstream; writes RUN/best and RUN/metrics.json."""
+    from model_training.training.finetune_ctc import FinetuneConfig, run
+
+    cfg = FinetuneConfig.from_yaml(
+        config,
+        overrides or [],
+        upstream=upstream,
+        train_manifest=str(train),
+        dev_manifest=str(dev) if dev else None,
+        run_dir=str(out),
+        max_steps=max_steps,
+        device=device,
+        feature_cache=feature_cache,
+    )
+    run_dir = run(cfg)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    typer.echo(json.dumps({"run": str(run_dir), "step": metrics["step"], "best": metrics["best"]}))
+
+
+def evaluate(
+    model: Path = typer.Option(..., "--model", help="Bundle dir or fine-tuning run dir."),
+    manifest: Path = typer.Option(..., "--manifest", help="Manifest TSV with transcripts."),
+    device: str = typer.Option("cpu", "--device", help="cpu | cuda (int8 bundles: cpu only)."),
+    max_batch_seconds: float = typer.Option(160.0, "--max-batch-seconds", help="Padded audio."),
+    max_batch_size: int = typer.Option(32, "--max-batch-size", help="Utterances per batch."),
+    details: Path | None = typer.Option(None, "--details", help="Write id/ref/hyp JSON lines."),
+    output: Path | None = typer.Option(None, "--output", help="Also write the JSON here."),
+) -> None:
+    """Print JSON: wer, cer, utterances, audio_seconds, rtf, parameters."""
+    from model_training.training.evaluate import evaluate as run_evaluate
+
+    result = run_evaluate(
+        model,
+        manifest,
+        device=device,
+        max_batch_seconds=max_batch_seconds,
+        max_batch_size=max_batch_size,
+        details_path=details,
+    )
+    text = json.dumps(result, indent=2)
+    if output:
+        output.write_text(text + "\n")
+    typer.echo(text)
+
+
+def export(
+    run: Path = typer.Option(..., "--run", help="Fine-tuning run directory (uses its best/)."),
+    out: Path = typer.Option(..., "--out", help="Bundle directory to write."),
+    quantize: str | None = typer.Option(None, "--quantize", help="int8: dynamic quantization."),
+    eval_manifest: Path | None = typer.Option(
+        None, "--eval-manifest", help="Score the bundle (fp32 and int8) on this manifest."
+    ),
+    name: str | None = typer.Option(None, "--name", help="Model id (default: the folder name)."),
+    speed_seconds: float = typer.Option(30.0, "--speed-seconds", help="Audio for the timing."),
+    repeats: int = typer.Option(5, "--repeats", help="Timed passes per precision (median)."),
+) -> None:
+    """Write a serving bundle (config.json, model.safetensors, README.md) from a run."""
+    from model_training.training.export import export_run
+
+    if quantize not in (None, "int8"):
+        raise typer.BadParameter(f"expected int8, found {quantize!r}", param_hint="--quantize")
+    provenance = export_run(
+        run,
+        out,
+        quantize=quantize,
+        eval_manifest=eval_manifest,
+        name=name,
+        speed_seconds=speed_seconds,
+        repeats=repeats,
+    )
+    summary = {"bundle": str(out), "quantize": quantize}
+    ev = provenance.get("evaluation")
+    if ev:
+        summary["eval"] = {
+            k: {m: ev[k][m] for m in ("wer", "cer", "rtf")} for k in ("fp32", "int8") if k in ev
+        }
+    q = provenance.get("quantization")
+    if q:
+        summary["speedup"] = q["speed"]["speedup"]
+        summary["wer_change"] = q["wer_change"]
+    typer.echo(json.dumps(summary))
 
 
 def register(app: typer.Typer) -> None:
     """Attach this area's commands to the root app."""
+    app.command("finetune-ctc")(finetune_ctc)
+    app.command("evaluate")(evaluate)
+    app.command("export")(export)
