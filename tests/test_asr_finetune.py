@@ -1,0 +1,148 @@
+"""CTC fine-tuning: overfitting real (synthetic) speech, exact resume, the feature cache."""
+
+import json
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import soundfile as sf
+import torch
+from safetensors.torch import load_file
+
+from model_training.data.audio import load_audio
+from model_training.data.manifest import ManifestEntry, read_manifest, write_manifest
+from model_training.models.fbank import FbankUpstream
+from model_training.text import CharVocab
+from model_training.training.evaluate import evaluate, score
+from model_training.training.finetune_ctc import FinetuneConfig, filter_manifest, run
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "configs" / "ctc" / "tiny.yaml"
+TEXTS = [
+    "hello world",
+    "the quick brown fox",
+    "speech recognition works",
+    "seven green apples",
+    "call me tomorrow",
+]
+
+
+@pytest.fixture(scope="module")
+def speech(tmp_path_factory) -> Path:
+    """Five espeak-ng utterances at 16 kHz and their manifest."""
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng is not installed (make setup-apt)")
+    root = tmp_path_factory.mktemp("speech")
+    entries = []
+    for i, text in enumerate(TEXTS):
+        raw = root / f"raw{i}.wav"
+        subprocess.run(["espeak-ng", "-w", str(raw), text], check=True, capture_output=True)
+        wave = load_audio(raw)  # espeak writes 22.05 kHz; resampled to 16 kHz here
+        sf.write(root / f"u{i}.wav", wave.numpy(), 16000, subtype="FLOAT")
+        entries.append(ManifestEntry(f"u{i}.wav", wave.numel(), text.upper(), "espeak"))
+    return write_manifest(root / "m.tsv", entries)
+
+
+def _config(speech: Path, run_dir: Path, **overrides) -> FinetuneConfig:
+    sets = [f"{k}={json.dumps(v)}" for k, v in overrides.items()]
+    return FinetuneConfig.from_yaml(
+        TINY,
+        sets,
+        train_manifest=str(speech),
+        dev_manifest=str(speech),
+        run_dir=str(run_dir),
+    )
+
+
+def test_tiny_head_overfits_five_utterances(speech: Path, tmp_path) -> None:
+    start = time.perf_counter()
+    run_dir = run(_config(speech, tmp_path / "run"))
+    seconds = time.perf_counter() - start
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    best = metrics["best"]
+    assert best["cer"] < 0.05, metrics["evaluations"]
+    assert metrics["step"] <= 400
+    print(f"overfit: CER {best['cer']:.3f} at step {best['step']} in {seconds:.1f} s")
+    # the saved best head, on its upstream, scores the same through `evaluate`
+    result = evaluate(run_dir, speech)
+    assert result["cer"] == pytest.approx(best["cer"])
+    assert result["wer"] == pytest.approx(best["wer"])
+    assert result["utterances"] == 5
+    assert result["audio_seconds"] == pytest.approx(read_manifest(speech).total_samples / 16000)
+    assert result["parameters"] == metrics["head_parameters"]  # fbank has no weights
+    assert result["rtf"] > 0
+
+
+def _head_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(run_dir / "best" / "head.safetensors"))
+
+
+def test_resume_equals_uninterrupted(speech: Path, tmp_path) -> None:
+    # dropout and SpecAugment on, 3 batches per epoch: the stop falls mid-epoch and every
+    # random draw must come back from the checkpoint
+    opts = dict(
+        max_steps=10,
+        eval_every=4,
+        checkpoint_every=5,
+        max_batch_size=2,
+        feature_cache="none",
+        target_dev_cer=None,
+        head={"proj_dim": 16, "lstm_hidden": 8, "dropout": 0.2, "time_masks": 2},
+    )
+    whole = run(_config(speech, tmp_path / "whole", **opts))
+    split_dir = tmp_path / "split"
+    run(_config(speech, split_dir, stop_at_step=5, **opts))
+    assert json.loads((split_dir / "metrics.json").read_text())["step"] == 5
+    run(_config(speech, split_dir, **opts))
+    a, b = _head_weights(whole), _head_weights(split_dir)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    ma = json.loads((whole / "metrics.json").read_text())
+    mb = json.loads((split_dir / "metrics.json").read_text())
+    assert ma["evaluations"] == mb["evaluations"] and ma["best"] == mb["best"]
+
+
+@pytest.mark.parametrize("cache", ["memory", "disk"])
+def test_feature_cache_matches_on_the_fly(speech: Path, tmp_path, cache: str) -> None:
+    opts = dict(max_steps=6, eval_every=3, checkpoint_every=6, max_batch_size=2)
+    opts["target_dev_cer"] = None
+    run(_config(speech, tmp_path / "plain", feature_cache="none", **opts))
+    cached = run(_config(speech, tmp_path / "cached", feature_cache=cache, **opts))
+    if cache == "disk":
+        assert len(list((cached / "feature_cache" / "train").glob("*.safetensors"))) == 5
+    a, b = _head_weights(tmp_path / "plain"), _head_weights(cached)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+
+
+def test_config_validation(speech: Path, tmp_path) -> None:
+    with pytest.raises(ValueError, match="unknown config keys"):
+        FinetuneConfig.from_dict({"train_manifest": "x", "learning_rate": 1})
+    with pytest.raises(ValueError, match="feature_cache"):
+        FinetuneConfig(train_manifest="x", feature_cache="ram")
+    with pytest.raises(ValueError, match="head accepts"):
+        FinetuneConfig(train_manifest="x", head={"vocab_size": 10})
+    with pytest.raises(ValueError, match="train_manifest"):
+        FinetuneConfig()
+
+
+def test_filter_manifest_drops_unusable_utterances(tmp_path) -> None:
+    entries = [
+        ManifestEntry("a.wav", 16000, "HELLO"),
+        ManifestEntry("b.wav", 16000, ""),  # no transcript
+        ManifestEntry("c.wav", 1000, "A VERY LONG SENTENCE"),  # 2 frames for 20 labels
+        ManifestEntry("d.wav", 160000, "HI"),  # longer than the limit
+    ]
+    manifest = read_manifest(write_manifest(tmp_path / "m.tsv", entries))
+    kept, dropped = filter_manifest(manifest, FbankUpstream(), CharVocab(), max_samples=80000)
+    assert [e.path for e in kept] == ["a.wav"]
+    assert dropped == {"no_text": 1, "too_short": 1, "too_long": 1}
+
+
+def test_score_normalizes_and_skips_empty_references() -> None:
+    result = score(["Hello, world!", "", "it's fine"], ["HELLO WORD", "ANYTHING", "ITS FINE"])
+    assert result["wer"] == pytest.approx(2 / 4)
+    assert result["cer"] == pytest.approx(2 / 20)
+    assert score([""], ["X"]) == {}
