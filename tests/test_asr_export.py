@@ -1,0 +1,181 @@
+"""Export a fine-tuning run to a bundle (fp32 and int8), evaluate it, and the ASR CLI."""
+
+import json
+from pathlib import Path
+
+import pytest
+import soundfile as sf
+import torch
+from typer.testing import CliRunner
+
+from model_training.bundle import load_bundle, read_bundle_config
+from model_training.cli import app
+from model_training.data.manifest import ManifestEntry, write_manifest
+from model_training.decoding import greedy_ctc_decode_batch
+from model_training.models.ctc import ASRModel
+from model_training.testing import build_tiny_bundle, tiny_ctc_head
+from model_training.text import CharVocab
+from model_training.training.evaluate import (
+    load_recognizer,
+    load_upstream,
+    save_head,
+)
+from model_training.training.export import export_run
+
+VOCAB = CharVocab()
+
+
+@pytest.fixture
+def manifest(tmp_path) -> Path:
+    """Three short noise-and-tone clips with transcripts (scores are not the point here)."""
+    g = torch.Generator().manual_seed(0)
+    entries = []
+    for i, (seconds, text) in enumerate([(0.7, "A B"), (1.1, "HELLO"), (0.5, "YES")]):
+        n = int(seconds * 16000)
+        t = torch.arange(n) / 16000
+        wave = 0.3 * torch.sin(2 * torch.pi * 220 * (i + 1) * t) + 0.05 * torch.randn(
+            n, generator=g
+        )
+        sf.write(tmp_path / f"c{i}.wav", wave.numpy(), 16000, subtype="FLOAT")
+        entries.append(ManifestEntry(f"c{i}.wav", n, text))
+    return write_manifest(tmp_path / "eval.tsv", entries)
+
+
+@pytest.fixture
+def student_run(tmp_path) -> Path:
+    """A fine-tuning run dir whose head sits on a tiny student bundle (random weights)."""
+    upstream_dir = build_tiny_bundle(tmp_path / "student", with_ctc=False)
+    upstream, ref = load_upstream(upstream_dir)
+    assert ref["kind"] == "bundle"
+    torch.manual_seed(1)
+    head = tiny_ctc_head(upstream.hidden_dims)
+    save_head(tmp_path / "run" / "best", head, VOCAB, ref, {"step": 7, "dev": {"wer": 0.5}})
+    return tmp_path / "run"
+
+
+def _inputs() -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(3)
+    return 0.1 * torch.randn(3, 12000, generator=g), torch.tensor([12000, 7000, 3000])
+
+
+def test_export_then_load_gives_identical_outputs(student_run: Path, tmp_path) -> None:
+    provenance = export_run(student_run, tmp_path / "bundle")
+    config = read_bundle_config(tmp_path / "bundle")
+    assert config["upstream"]["type"] == "lstm_student" and config["quantize"] is None
+    assert config["provenance"]["step"] == 7 and provenance["upstream"]["kind"] == "bundle"
+    assert "# bundle" in (tmp_path / "bundle" / "README.md").read_text()
+    run_model = load_recognizer(student_run).model
+    bundle = load_bundle(tmp_path / "bundle")
+    waves, lengths = _inputs()
+    with torch.no_grad():
+        out_a, lp_a = run_model(waves, lengths)
+        out_b, lp_b = bundle.model(waves, lengths)
+    assert torch.equal(out_a.lengths, out_b.lengths)
+    assert torch.equal(lp_a, lp_b)
+    assert all(
+        torch.equal(x, y) for x, y in zip(out_a.hidden_states, out_b.hidden_states, strict=True)
+    )
+
+
+def test_int8_export_measures_and_decodes(student_run: Path, manifest: Path, tmp_path) -> None:
+    out = tmp_path / "int8"
+    export_run(student_run, out, quantize="int8", eval_manifest=manifest, repeats=2)
+    config = read_bundle_config(out)
+    assert config["quantize"] == "int8"
+    q = config["provenance"]["quantization"]
+    assert q["speed"]["fp32_seconds"] > 0 and q["speed"]["int8_seconds"] > 0
+    assert q["speed"]["speedup"] == pytest.approx(
+        q["speed"]["fp32_seconds"] / q["speed"]["int8_seconds"], rel=0.01
+    )
+    ev = config["provenance"]["evaluation"]
+    assert q["wer_change"] == pytest.approx(ev["int8"]["wer"] - ev["fp32"]["wer"])
+    card = (out / "README.md").read_text()
+    assert "int8 dynamic quantization" in card and f"x{q['speed']['speedup']:.2f}" in card
+    assert "WER change int8 - fp32" in card
+
+    bundle = load_bundle(out)
+    assert isinstance(bundle.model, ASRModel)
+    assert isinstance(bundle.model.head.lstm, torch.ao.nn.quantized.dynamic.LSTM)
+    waves, lengths = _inputs()
+    with torch.no_grad():
+        up, lp = bundle.model(waves, lengths)
+    transcripts = greedy_ctc_decode_batch(lp, up.lengths, VOCAB, 1 / bundle.frame_rate)
+    for tr, n in zip(transcripts, lengths.tolist(), strict=True):
+        assert tr.duration <= n / 16000
+        prev = 0.0
+        for w in tr.words:
+            assert prev <= w.start < w.end <= tr.duration + 1e-9
+            prev = w.end
+
+
+def test_export_refuses_bundles_and_bad_quantization(student_run: Path, tmp_path) -> None:
+    bundle = build_tiny_bundle(tmp_path / "asr")
+    with pytest.raises(ValueError, match="export takes a fine-tuning run"):
+        export_run(bundle, tmp_path / "out")
+    with pytest.raises(ValueError, match="quantize"):
+        export_run(student_run, tmp_path / "out", quantize="int4")
+
+
+def test_load_upstream_kinds(tmp_path) -> None:
+    fbank, ref = load_upstream("fbank")
+    assert ref["kind"] == "fbank" and not fbank.training
+    rebuilt, _ = load_upstream(ref)
+    assert rebuilt.config == fbank.config
+    with pytest.raises(FileNotFoundError, match="not found"):
+        load_upstream(tmp_path / "missing")
+    q = build_tiny_bundle(tmp_path / "q", with_ctc=False, quantize="int8")
+    with pytest.raises(ValueError, match="quantize at export"):
+        load_upstream(q)
+    student, ref = load_upstream(build_tiny_bundle(tmp_path / "s", with_ctc=False))
+    assert not any(p.requires_grad for p in student.parameters())
+
+
+def test_cli_finetune_export_evaluate(manifest: Path, tmp_path) -> None:
+    runner = CliRunner()
+    root = Path(__file__).resolve().parents[1]
+    run_dir = tmp_path / "run"
+    result = runner.invoke(
+        app,
+        [
+            "finetune-ctc",
+            "--upstream",
+            "fbank",
+            "--train",
+            str(manifest),
+            "--dev",
+            str(manifest),
+            "--out",
+            str(run_dir),
+            "--config",
+            str(root / "configs" / "ctc" / "tiny.yaml"),
+            "--max-steps",
+            "3",
+            "--set",
+            "eval_every=2",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output.strip().splitlines()[-1])
+    assert summary["step"] == 3 and summary["best"]["step"] in (2, 3)
+    assert (run_dir / "best" / "head.safetensors").is_file()
+    assert list((run_dir / "checkpoints").glob("checkpoint-*.pt"))
+
+    bundle = tmp_path / "bundle"
+    result = runner.invoke(
+        app,
+        [
+            *("export", "--run", str(run_dir), "--out", str(bundle), "--quantize", "int8"),
+            *("--repeats", "1", "--speed-seconds", "1"),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output.strip().splitlines()[-1])["speedup"] > 0
+
+    result = runner.invoke(app, ["evaluate", "--model", str(bundle), "--manifest", str(manifest)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output[result.output.index("{") :])
+    for key in ("wer", "cer", "utterances", "audio_seconds", "rtf", "parameters"):
+        assert key in report
+    assert report["utterances"] == 3
+    assert report["audio_seconds"] == pytest.approx(2.3)
+    assert report["parameters"] == read_bundle_config(bundle)["parameters"]
