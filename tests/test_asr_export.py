@@ -179,3 +179,37 @@ def test_cli_finetune_export_evaluate(manifest: Path, tmp_path) -> None:
     assert report["utterances"] == 3
     assert report["audio_seconds"] == pytest.approx(2.3)
     assert report["parameters"] == read_bundle_config(bundle)["parameters"]
+
+
+def test_student_checkpoint_and_teacher_upstreams(manifest: Path, tmp_path) -> None:
+    from model_training.models.student import lstm_student_tiny
+    from model_training.models.teacher import build_teacher, tiny_hubert_config
+    from model_training.training.distill import save_student
+    from model_training.training.finetune_ctc import FinetuneConfig, run
+
+    root = Path(__file__).resolve().parents[1]
+    student_file = save_student(
+        tmp_path / "distill" / "student.safetensors",
+        lstm_student_tiny(),
+        factory="lstm_tiny",
+        provenance={},
+    )
+    teacher_dir = build_teacher(tiny_hubert_config()).save(tmp_path / "teacher")
+    for name, spec in (("student", student_file), ("teacher", teacher_dir)):
+        cfg = FinetuneConfig.from_yaml(
+            root / "configs" / "ctc" / "tiny.yaml",
+            ["max_steps=2", "eval_every=2"],
+            upstream=str(spec),
+            train_manifest=str(manifest),
+            dev_manifest=str(manifest),
+            run_dir=str(tmp_path / f"run_{name}"),
+        )
+        run(cfg)
+        meta = json.loads((tmp_path / f"run_{name}" / "best" / "head.json").read_text())
+        assert meta["upstream"]["kind"] == name
+    export_run(tmp_path / "run_student", tmp_path / "student_bundle")
+    config = read_bundle_config(tmp_path / "student_bundle")
+    assert config["upstream"]["type"] == "lstm_student"
+    assert config["upstream"]["config"]["num_classes"] == 0  # training head dropped
+    with pytest.raises(ValueError, match="cannot bundle"):
+        export_run(tmp_path / "run_teacher", tmp_path / "teacher_bundle")
