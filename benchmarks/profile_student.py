@@ -338,11 +338,18 @@ def compare(out: Any, ref: Any) -> dict[str, Any]:
 
 
 def run_variants(
-    model: LSTMStudent, x: Tensor, repeats: int, min_sample_s: float, cores: int
+    model: LSTMStudent,
+    x: Tensor,
+    repeats: int,
+    min_sample_s: float,
+    cores: int,
+    only: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Time every variant against the baseline in interleaved repeats; compare outputs."""
+    """Time every variant (or those in `only`) against the baseline in interleaved repeats."""
     prepared = []
     for v in variants(cores):
+        if only and v.name != "baseline" and v.name not in only:
+            continue
         run_model, ctx = v.prepare(model)
         prepared.append((v, run_model, ctx))
 
@@ -394,6 +401,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=3, help="timed repeats (default 3)")
     p.add_argument("--min-sample-s", type=float, default=0.3, help="repeat short calls")
     p.add_argument("--no-variants", action="store_true", help="stage profile only")
+    p.add_argument("--variants", default=None, help="comma-separated subset (default: all)")
     p.add_argument("--out", type=Path, default=RESULTS_DIR / "profile_student.json")
     p.add_argument("--plot", type=Path, default=None, help="PNG path (default: next to --out)")
     p.add_argument("--quick", action="store_true", help="1 s inputs, batch 1 and 2, 1 repeat")
@@ -407,6 +415,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if unknown:
         p.error(f"unknown models {unknown}; known: {list(STUDENTS)}")
     args.batch_sizes = [int(b) for b in str(args.batch_sizes or "1,16").split(",")]
+    known = [v.name for v in variants(2)]
+    args.variants = [v.strip() for v in args.variants.split(",")] if args.variants else None
+    if args.variants and set(args.variants) - set(known):
+        p.error(f"unknown variants {sorted(set(args.variants) - set(known))}; known: {known}")
     return args
 
 

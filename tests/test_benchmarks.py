@@ -1,0 +1,210 @@
+"""The benchmark scripts: their counting helpers, and a --quick smoke run of each script.
+
+The smoke runs check the JSON each script writes (schema, consistency), never a timing.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+BENCH_DIR = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCH_DIR))
+
+import model_speed  # noqa: E402
+import service_load  # noqa: E402
+
+
+def run_script(name: str, *args: str, timeout: int = 240) -> None:
+    proc = subprocess.run(
+        [sys.executable, str(BENCH_DIR / name), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def check_header(doc: dict, benchmark: str) -> None:
+    assert doc["benchmark"] == benchmark
+    assert doc["schema_version"] == 1
+    machine = doc["machine"]
+    for key in ("cpu_model", "logical_cores", "torch", "torch_threads"):
+        assert machine[key] is not None, key
+
+
+# --- counting helpers ----------------------------------------------------------------------
+
+
+def test_lstm_macs_match_the_gate_matmuls() -> None:
+    lstm = nn.LSTM(8, 4, num_layers=2, bidirectional=True)
+    # layer 0: 4 gates x H x (D_in + H) x 2 directions; layer 1 reads 2H
+    per_step = 4 * 4 * (8 + 4) * 2 + 4 * 4 * (8 + 4) * 2
+    assert model_speed.lstm_macs(lstm, steps=10) == per_step * 10
+
+
+def test_count_macs_counts_conv_and_lstm_of_a_student() -> None:
+    from model_training.models.student import lstm_student_tiny
+
+    student = lstm_student_tiny(num_classes=0).eval()
+    spec = model_speed.ModelSpec("tiny", "tiny", lambda: student, model_speed._call_student)
+    x = torch.randn(1, 16000)
+    counted_lstm = model_speed.flop_counter_counts_lstm()
+    macs = model_speed.count_macs(spec, student, x, counted_lstm)
+    # the first conv: 16 channels x kernel 10 x 3199 outputs, alone a lower bound
+    assert macs["by_op"]["aten.convolution"] >= 16 * 10 * 3199
+    frames = int(student.frame_lengths(torch.tensor([16000]))[0])
+    h, p = student.config.hidden_size, student.config.proj_dim
+    lstm_expected = frames * 2 * 4 * h * ((p + h) + (2 * h + h))
+    if counted_lstm:
+        assert macs["lstm_macs_analytic"] == 0
+    else:
+        assert macs["lstm_macs_analytic"] == pytest.approx(lstm_expected)
+    assert macs["macs_per_audio_second"] >= macs["by_op"]["aten.convolution"] + lstm_expected
+
+
+def test_ratios_pair_models_on_the_same_device_and_batch() -> None:
+    def row(model: str, batch: int, samples: list[float]) -> dict:
+        return {"model": model, "device": "cpu", "batch": batch, "samples_s": samples,
+                "audio_s_per_wall_s": batch * 10 / sorted(samples)[len(samples) // 2]}  # fmt: skip
+
+    results = [
+        row("distilhubert", 1, [2.0, 2.0, 2.0]),
+        row("hubert_base", 1, [6.0, 6.0, 6.0]),
+        row("student_paper", 1, [1.0, 1.0, 4.0]),
+        row("student_paper", 16, [8.0, 8.0, 8.0]),
+    ]
+    ratios = {(r["model"], r["batch"]): r for r in model_speed.compute_ratios(results)}
+    paper = ratios[("student_paper", 1)]
+    assert paper["vs_distilhubert"] == pytest.approx(2.0)
+    assert paper["vs_hubert_base"] == pytest.approx(6.0)
+    assert paper["vs_distilhubert_paired_range"] == pytest.approx([0.5, 2.0])
+    assert "vs_distilhubert" not in ratios[("student_paper", 16)]  # no reference at batch 16
+
+
+def test_synth_audio_lengths_span_the_range() -> None:
+    import io
+
+    import soundfile as sf
+
+    files = service_load.synth_audio(5, 2.0, 8.0)
+    assert sorted(round(f.seconds, 3) for f in files) == [2.0, 3.5, 5.0, 6.5, 8.0]
+    wave, rate = sf.read(io.BytesIO(files[0].data))
+    assert rate == 16000 and wave.ndim == 1 and len(wave) == round(files[0].seconds * 16000)
+
+
+def test_batch_stats_from_two_scrapes() -> None:
+    before = {
+        "hlstm_batch_size_sum": 10.0, "hlstm_batch_size_count": 10.0,
+        "hlstm_batch_padding_ratio_sum": 0.0, "hlstm_batch_padding_ratio_count": 10.0,
+        "hlstm_batch_padded_frames_sum": 1000.0, "hlstm_audio_seconds_total": 20.0,
+    }  # fmt: skip
+    after = {
+        "hlstm_batch_size_sum": 22.0, "hlstm_batch_size_count": 13.0,
+        "hlstm_batch_padding_ratio_sum": 0.6, "hlstm_batch_padding_ratio_count": 13.0,
+        "hlstm_batch_padded_frames_sum": 3000.0, "hlstm_audio_seconds_total": 50.0,
+    }  # fmt: skip
+    stats = service_load.batch_stats(before, after, frame_rate=50.0)
+    assert stats["mean_batch_size"] == pytest.approx(4.0)
+    assert stats["mean_padding_ratio"] == pytest.approx(0.2)
+    assert stats["padded_frame_share"] == pytest.approx(1 - 1500 / 2000)
+
+
+# --- smoke runs of the scripts ---------------------------------------------------------------
+
+
+def test_model_speed_quick(tmp_path: Path) -> None:
+    out = tmp_path / "speed.json"
+    run_script(
+        "model_speed.py", "--quick", "--models", "student_demo,student_paper_int8",
+        "--batch-sizes", "1", "--devices", "cpu", "--no-memory", "--out", str(out),
+    )  # fmt: skip
+    doc = json.loads(out.read_text())
+    check_header(doc, "model_speed")
+    assert doc["matmul_peak"]["cpu"]["gflops_best"] > 0
+    assert doc["mac_counting"]["flop_counter_counts_lstm"] in (True, False)
+    assert {r["model"] for r in doc["results"]} == {"student_demo", "student_paper_int8"}
+    for r in doc["results"]:
+        assert r["audio_s_per_wall_s"] > 0 and r["repeats"] >= 1
+        assert r["fraction_of_matmul_peak"] > 0
+        assert r["memory"] is None  # --no-memory; the probe is tested below
+    demo = doc["models"]["student_demo"]["macs"]
+    assert demo["macs_per_audio_second"] > demo["by_op"]["aten.convolution"] > 0
+    # the int8 model's MACs are counted on its fp32 original (quantized kernels are invisible)
+    int8 = doc["models"]["student_paper_int8"]
+    assert int8["macs"]["counted_model"] == "student_paper"
+    assert int8["macs"]["macs_per_audio_second"] > demo["macs_per_audio_second"]
+    assert (tmp_path / "speed.png").stat().st_size > 0
+
+
+def test_cpu_memory_probe_sees_torch_allocations() -> None:
+    probe = model_speed.probe_cpu_memory("student_demo", batch=2, seconds=2.0, threads=1)
+    if probe["peak_memory_mb"] is None:
+        pytest.skip(probe["method"])
+    # the CNN's first activation alone: 2 x 256 channels x 6399 steps x 4 bytes ~ 12.5 MiB
+    assert probe["peak_memory_mb"] > 10
+    assert probe["process_peak_rss_mb"] >= probe["rss_before_mb"]
+
+
+@pytest.mark.slow
+def test_model_speed_quick_all_models_with_memory(tmp_path: Path) -> None:
+    out = tmp_path / "speed.json"
+    run_script("model_speed.py", "--quick", "--devices", "cpu", "--out", str(out), timeout=600)
+    doc = json.loads(out.read_text())
+    assert {r["model"] for r in doc["results"]} == set(model_speed.MODELS)
+    for r in doc["results"]:
+        assert r["memory"]["peak_memory_mb"] > 0, r
+    macs = {name: m["macs"]["macs_per_audio_second"] for name, m in doc["models"].items()}
+    # same CNN; HuBERT Base has 10 more Transformer layers than DistilHuBERT
+    assert macs["hubert_base"] > macs["distilhubert"] > macs["student_demo"]
+    assert macs["student_paper_int8"] == macs["student_paper"]
+    pairs = {(r["model"], r["batch"]): r for r in doc["ratios"]}
+    assert pairs[("hubert_base", 1)]["vs_hubert_base"] == pytest.approx(1.0)
+
+
+def test_profile_student_quick(tmp_path: Path) -> None:
+    out = tmp_path / "profile.json"
+    run_script(
+        "profile_student.py", "--quick", "--models", "student_demo", "--batch-sizes", "1",
+        "--variants", "inference_mode,always_pack,int8_dynamic", "--out", str(out),
+    )  # fmt: skip
+    doc = json.loads(out.read_text())
+    check_header(doc, "profile_student")
+    entry = doc["results"]["student_demo"]["batch_1"]
+    shares = entry["stages"]["share"]
+    assert {"cnn", "norm+projection", "lstm1", "head"} <= set(shares)
+    assert sum(shares.values()) == pytest.approx(1.0, abs=0.05)
+    variants = entry["variants"]
+    assert variants["baseline"]["outputs"]["bitwise_identical"]
+    assert variants["inference_mode"]["outputs"]["bitwise_identical"]
+    assert variants["always_pack"]["outputs"]["bitwise_identical"]
+    # an approximation must not pass as identical
+    assert not variants["int8_dynamic"]["outputs"]["bitwise_identical"]
+    assert entry["top_ops"] and entry["top_ops"][0]["self_cpu_ms"] >= 0
+
+
+@pytest.mark.slow
+def test_service_load_quick(tmp_path: Path) -> None:
+    from model_training.testing import build_tiny_bundle
+
+    bundle = build_tiny_bundle(tmp_path / "bundle")
+    out = tmp_path / "load.json"
+    run_script("service_load.py", "--quick", "--model-dir", str(bundle), "--out", str(out))
+    doc = json.loads(out.read_text())
+    check_header(doc, "service_load")
+    assert doc["bundle"]["source"] == "given"
+    levels = {(r["mode"], r["concurrency"]): r for r in doc["levels"]}
+    assert set(levels) == {(m, c) for m in ("batching", "no_batching") for c in (1, 4)}
+    for r in levels.values():
+        assert r["completed"] > 0 and not r["errors"]
+        assert r["latency_s"]["p50"] <= r["latency_s"]["p99"]
+    # the no-batching server never batches; the batching one reports batch sizes from /metrics
+    assert levels[("no_batching", 4)]["mean_batch_size"] == pytest.approx(1.0)
+    assert levels[("batching", 4)]["mean_batch_size"] >= 1.0
+    assert [c["concurrency"] for c in doc["batching_vs_no_batching"]] == [1, 4]
