@@ -215,6 +215,18 @@ def reset_peak_rss() -> bool:
         return False
 
 
+def release_free_memory() -> None:
+    """Collect garbage and hand freed heap pages back to the OS (glibc malloc_trim), so a
+    following RSS measurement starts from what is really in use."""
+    import contextlib
+    import ctypes
+    import gc
+
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 def peak_rss_mb() -> float:
     """Peak RSS (VmHWM) since start or since the last `reset_peak_rss`, in MiB."""
     try:

@@ -13,9 +13,11 @@ Models (random weights: speed does not depend on the values):
     student_demo        lstm_student_small(num_classes=0): 256-channel CNN + 3 BiLSTM x 256
     student_paper_int8  student_paper after quantize_dynamic_int8 (LSTM/Linear int8; CPU only)
 
-Memory: on CPU, the peak RSS growth during one forward in a fresh subprocess per model and batch
-(torch's allocations are invisible to tracemalloc); on CUDA, max_memory_allocated above the
-memory held before the forward.
+Memory: on CPU, the peak RSS growth during one forward (torch's allocations are invisible to
+tracemalloc): by default measured on the first warm-up call of each model and batch after
+freed heap pages are returned to the OS (`--memory inline`, no extra forwards), or in a fresh
+subprocess per model and batch (`--memory subprocess`, cleaner, costs one forward each); on
+CUDA, max_memory_allocated above the memory held before the forward.
 
 MACs: torch.utils.flop_counter.FlopCounterMode counts convolutions and matmuls but not the
 fused LSTM kernels; the script checks that on a bare nn.LSTM and, where it misses them, adds
@@ -47,6 +49,7 @@ from common import (
     matmul_peak_gflops,
     peak_rss_mb,
     pyplot,
+    release_free_memory,
     reset_peak_rss,
     rss_mb,
     setup_logging,
@@ -287,6 +290,22 @@ def run_memory_probe(name: str, batch: int, seconds: float, threads: int) -> dic
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def inline_cpu_memory(fn: Callable[[], Any]) -> dict[str, Any]:
+    """Peak RSS growth over one call of `fn` in this process, from freed-memory-trimmed RSS."""
+    release_free_memory()
+    before = rss_mb()
+    exact = reset_peak_rss()
+    fn()
+    peak = peak_rss_mb()
+    return {
+        "peak_memory_mb": peak - before if exact else None,
+        "rss_before_mb": before,
+        "method": "in process: gc + malloc_trim, VmHWM reset, peak minus RSS before the call"
+        if exact
+        else "unsupported: /proc/self/clear_refs not writable",
+    }
+
+
 def cuda_forward_memory(spec: ModelSpec, model: nn.Module, x: Tensor) -> dict[str, Any]:
     """Peak CUDA memory allocated during one forward, above what was held before it."""
     torch.cuda.synchronize()
@@ -344,6 +363,8 @@ def run_device(
 
     for item in items:
         fn = forward(item)
+        if device == "cpu" and args.memory == "inline":
+            memory[f"{item.model}:{item.batch}"] = inline_cpu_memory(fn)
         for _ in range(args.warmup):
             item.warmup_s = time_call(fn, device)
         item.inner = max(1, min(20, math.ceil(args.min_sample_s / max(item.warmup_s, 1e-6))))
@@ -361,6 +382,8 @@ def run_device(
             )
     per_repeat = sum(i.warmup_s * i.inner for i in items)
     left = deadline - time.monotonic()
+    if device == "cpu" and args.memory == "subprocess":
+        left -= sum(i.warmup_s for i in items) + 5.0 * len(items)  # the probes come after
     repeats = max(args.min_repeats, min(args.repeats, int(left // max(per_repeat, 1e-6))))
     log.info(
         "%s: one repeat ~%.1f s, %.0f s left in the budget -> %d repeats",
@@ -399,11 +422,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--min-sample-s", type=float, default=0.5, help="repeat short calls up to this per sample"
     )
     p.add_argument(
-        "--budget-s", type=float, default=420.0, help="wall-clock budget; caps the repeats"
+        "--budget-s",
+        type=float,
+        default=300.0,
+        help="wall-clock budget of the whole run (default 300); caps the repeats",
     )
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--devices", default="auto", help="auto (cpu + cuda if present), cpu, cuda")
-    p.add_argument("--no-memory", action="store_true", help="skip the CPU memory subprocesses")
+    p.add_argument(
+        "--memory",
+        choices=["inline", "subprocess", "off"],
+        default="inline",
+        help="CPU memory: first warm-up call in process (default), a fresh subprocess per "
+        "model and batch (one more forward each), or not at all",
+    )
     p.add_argument("--out", type=Path, default=RESULTS_DIR / "model_speed.json")
     p.add_argument("--plot", type=Path, default=None, help="PNG path (default: next to --out)")
     p.add_argument(
@@ -483,7 +515,7 @@ def main(argv: list[str] | None = None) -> int:
         peaks[device] = matmul_peak_gflops(device)
         log.info("%s fp32 matmul: %.1f GFLOP/s (best)", device, peaks[device]["gflops_best"])
         items, memory = run_device(device, names, built, args, deadline)
-        if device == "cpu" and not args.no_memory:
+        if device == "cpu" and args.memory == "subprocess":
             for item in items:
                 memory[f"{item.model}:{item.batch}"] = run_memory_probe(
                     item.model, item.batch, args.seconds, args.threads
@@ -543,8 +575,52 @@ def main(argv: list[str] | None = None) -> int:
     }
     write_json(args.out, "model_speed", payload)
     plot(results, args.plot or args.out.with_suffix(".png"))
+    args.out.with_suffix(".md").write_text(markdown(models_info, results, ratios, peaks))
     print_table(results, ratios)
     return 0
+
+
+def markdown(
+    models_info: dict[str, dict[str, Any]],
+    results: list[dict[str, Any]],
+    ratios: list[dict[str, Any]],
+    peaks: dict[str, dict[str, Any]],
+) -> str:
+    """The results as Markdown tables (for docs/performance.md)."""
+    lines = [
+        "| model | parameters | GMAC per audio second |",
+        "|---|---:|---:|",
+    ]
+    for name, info in models_info.items():
+        macs = info["macs"]["macs_per_audio_second"] / 1e9
+        lines.append(f"| {name} | {info['parameters'] / 1e6:.2f} M | {macs:.2f} |")
+    lines += [
+        "",
+        "| device | model | batch | audio s per s | vs DistilHuBERT | vs HuBERT Base "
+        "| % of matmul peak | peak memory (MiB) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    index = {(r["model"], r["device"], r["batch"]): r for r in ratios}
+    for r in results:
+        ratio = index[(r["model"], r["device"], r["batch"])]
+        mem = (r["memory"] or {}).get("peak_memory_mb")
+        lines.append(
+            f"| {r['device']} | {r['model']} | {r['batch']} | {r['audio_s_per_wall_s']:.1f} | "
+            + " | ".join(
+                f"{ratio[k]:.2f}" if k in ratio else "-"
+                for k in ("vs_distilhubert", "vs_hubert_base")
+            )
+            + f" | {100 * r['fraction_of_matmul_peak']:.0f}% | "
+            + (f"{mem:.0f}" if mem is not None else "-")
+            + " |"
+        )
+    lines.append("")
+    for device, peak in peaks.items():
+        lines.append(
+            f"{device} fp32 matmul peak ({peak['n']}x{peak['n']} torch.mm, "
+            f"{peak['threads']} threads): {peak['gflops_best']:.0f} GFLOP/s."
+        )
+    return "\n".join(lines) + "\n"
 
 
 def compute_ratios(results: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -466,8 +466,47 @@ def main(argv: list[str] | None = None) -> int:
     }
     write_json(args.out, "profile_student", payload)
     plot(results, args.batch_sizes, args.plot or args.out.with_suffix(".png"))
+    args.out.with_suffix(".md").write_text(markdown(results, args.batch_sizes))
     print_summary(results, args.batch_sizes)
     return 0
+
+
+def markdown(results: dict[str, Any], batches: list[int]) -> str:
+    """Stage shares and variant speed-ups as Markdown tables (for docs/performance.md)."""
+    lines = [
+        "| model | batch | forward (s) | CNN | norm + projection | LSTMs | head | other |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, res in results.items():
+        for b in batches:
+            st = res[f"batch_{b}"]["stages"]
+            share = st["share"]
+            lstm = sum(v for k, v in share.items() if k.startswith("lstm"))
+            cells = [share.get("cnn", 0), share.get("norm+projection", 0), lstm,
+                     share.get("head", 0), share.get("other (masks, glue)", 0)]  # fmt: skip
+            lines.append(
+                f"| {name} | {b} | {st['total_s']:.3f} | "
+                + " | ".join(f"{100 * c:.0f}%" for c in cells)
+                + " |"
+            )
+    cells = [(n, b) for n in results for b in batches if "variants" in results[n][f"batch_{b}"]]
+    if cells:
+        names = list(results[cells[0][0]][f"batch_{cells[0][1]}"]["variants"])
+        lines += ["", "| variant | outputs | " + " | ".join(f"{n} b{b}" for n, b in cells) + " |",
+                  "|---|---|" + "---:|" * len(cells)]  # fmt: skip
+        for v in names:
+            first = results[cells[0][0]][f"batch_{cells[0][1]}"]["variants"][v]
+            verdicts = {results[n][f"batch_{b}"]["variants"][v]["outputs"]["verdict"]
+                        for n, b in cells}  # fmt: skip
+            lines.append(
+                f"| {v}: {first['description']} | {'/'.join(sorted(verdicts))} | "
+                + " | ".join(
+                    f"x{results[n][f'batch_{b}']['variants'][v]['speedup_vs_baseline']:.2f}"
+                    for n, b in cells
+                )
+                + " |"
+            )
+    return "\n".join(lines) + "\n"
 
 
 def print_summary(results: dict[str, Any], batches: list[int]) -> None:

@@ -469,7 +469,38 @@ def main(argv: list[str] | None = None) -> int:
     }
     write_json(args.out, "service_load", payload)
     plot(levels, args.plot or args.out.with_suffix(".png"))
+    args.out.with_suffix(".md").write_text(markdown(levels, comparison))
     return 0
+
+
+def markdown(levels: list[dict[str, Any]], comparison: list[dict[str, Any]]) -> str:
+    """The results as Markdown tables (for docs/performance.md)."""
+
+    def f(v: float | None, digits: int = 2) -> str:
+        return f"{v:.{digits}f}" if v is not None else "-"
+
+    lines = [
+        "| clients | batching | req/s | audio s/s | p50 (s) | p95 (s) | p99 (s) "
+        "| mean batch | padding ratio | errors |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in sorted(levels, key=lambda r: (r["concurrency"], r["mode"])):
+        lat = r["latency_s"]
+        errors = ", ".join(f"{k}: {v}" for k, v in r["errors"].items()) or "-"
+        lines.append(
+            f"| {r['concurrency']} | {'on' if r['mode'] == 'batching' else 'off'} "
+            f"| {f(r['requests_per_s'])} | {f(r['audio_s_per_s'], 1)} | {f(lat['p50'])} "
+            f"| {f(lat['p95'])} | {f(lat['p99'])} | {f(r['mean_batch_size'], 1)} "
+            f"| {f(r['mean_padding_ratio'])} | {errors} |"
+        )
+    lines += ["", "| clients | throughput with / without batching | p99 with | p99 without |",
+              "|---:|---:|---:|---:|"]  # fmt: skip
+    for c in comparison:
+        lines.append(
+            f"| {c['concurrency']} | {f(c['throughput_ratio'])} | {f(c['p99_s']['batching'])} "
+            f"| {f(c['p99_s']['no_batching'])} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def _fmt(v: float | None) -> str:

@@ -123,7 +123,7 @@ def test_model_speed_quick(tmp_path: Path) -> None:
     out = tmp_path / "speed.json"
     run_script(
         "model_speed.py", "--quick", "--models", "student_demo,student_paper_int8",
-        "--batch-sizes", "1", "--devices", "cpu", "--no-memory", "--out", str(out),
+        "--batch-sizes", "1", "--devices", "cpu", "--memory", "off", "--out", str(out),
     )  # fmt: skip
     doc = json.loads(out.read_text())
     check_header(doc, "model_speed")
@@ -133,7 +133,7 @@ def test_model_speed_quick(tmp_path: Path) -> None:
     for r in doc["results"]:
         assert r["audio_s_per_wall_s"] > 0 and r["repeats"] >= 1
         assert r["fraction_of_matmul_peak"] > 0
-        assert r["memory"] is None  # --no-memory; the probe is tested below
+        assert r["memory"] is None  # --memory off; both methods are tested below
     demo = doc["models"]["student_demo"]["macs"]
     assert demo["macs_per_audio_second"] > demo["by_op"]["aten.convolution"] > 0
     # the int8 model's MACs are counted on its fp32 original (quantized kernels are invisible)
@@ -150,12 +150,19 @@ def test_cpu_memory_probe_sees_torch_allocations() -> None:
     # the CNN's first activation alone: 2 x 256 channels x 6399 steps x 4 bytes ~ 12.5 MiB
     assert probe["peak_memory_mb"] > 10
     assert probe["process_peak_rss_mb"] >= probe["rss_before_mb"]
+    student = model_speed.MODELS["student_demo"].build()
+    x = torch.randn(2, 32000)
+    inline = model_speed.inline_cpu_memory(lambda: model_speed._call_student(student, x))
+    assert inline["peak_memory_mb"] > 10
 
 
 @pytest.mark.slow
 def test_model_speed_quick_all_models_with_memory(tmp_path: Path) -> None:
     out = tmp_path / "speed.json"
-    run_script("model_speed.py", "--quick", "--devices", "cpu", "--out", str(out), timeout=600)
+    run_script(
+        "model_speed.py", "--quick", "--devices", "cpu", "--memory", "subprocess",
+        "--out", str(out), timeout=600,
+    )  # fmt: skip
     doc = json.loads(out.read_text())
     assert {r["model"] for r in doc["results"]} == set(model_speed.MODELS)
     for r in doc["results"]:
