@@ -329,7 +329,33 @@ def run_level(
 # --- main -----------------------------------------------------------------------------------
 
 
-def resolve_bundle(model_dir: Path | None, tmp: Path) -> tuple[Path, str]:
+def build_demo_sized_bundle(out_dir: Path) -> Path:
+    """A random-init bundle with the demo model's shapes: lstm_student_small + the demo CTC
+    head (configs/ctc/demo.yaml: projection 256, 2 BiLSTM x 256). Same compute as the real one.
+    """
+    import torch
+
+    from model_training.bundle import save_bundle
+    from model_training.models.ctc import CTCHead, CTCHeadConfig
+    from model_training.models.student import lstm_student_small
+    from model_training.text import CharVocab
+
+    torch.manual_seed(0)
+    student = lstm_student_small(num_classes=0)
+    vocab = CharVocab()
+    head = CTCHead(
+        CTCHeadConfig(
+            layer_dims=student.hidden_dims, vocab_size=len(vocab), proj_dim=256,
+            lstm_layers=2, lstm_hidden=256, dropout=0.0,
+        )
+    )  # fmt: skip
+    return save_bundle(
+        out_dir, student, head, vocab, name="demo-sized-random",
+        provenance={"note": "random init, demo model shapes, for benchmarks only"},
+    )  # fmt: skip
+
+
+def resolve_bundle(model_dir: Path | None, random_bundle: str, tmp: Path) -> tuple[Path, str]:
     """The bundle to serve and where it came from."""
     if model_dir is not None:
         if not (model_dir / "config.json").is_file():
@@ -337,18 +363,28 @@ def resolve_bundle(model_dir: Path | None, tmp: Path) -> tuple[Path, str]:
         return model_dir, "given"
     if (DEFAULT_MODEL_DIR / "config.json").is_file():
         return DEFAULT_MODEL_DIR, "models/default"
+    log.warning("models/default holds no bundle; serving a random-init %s bundle", random_bundle)
+    if random_bundle == "demo":
+        path = build_demo_sized_bundle(tmp / "demo-sized-bundle")
+        return path, "random-init bundle with the demo model's shapes (--random-bundle demo)"
     from model_training.testing import build_tiny_bundle
 
     path = build_tiny_bundle(tmp / "tiny-bundle")
-    log.warning("models/default holds no bundle; serving a random-init tiny bundle")
     return path, "tiny random-init bundle (model_training.testing.build_tiny_bundle)"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--model-dir", type=Path, default=None, help="bundle (default models/default)")
+    p.add_argument(
+        "--random-bundle",
+        choices=["tiny", "demo"],
+        default="tiny",
+        help="without --model-dir and models/default: a random tiny bundle, or one with the "
+        "demo model's shapes (its speed is the demo model's)",
+    )
     p.add_argument("--levels", default="1,4,16,32,64", help="concurrency levels")
-    p.add_argument("--window-s", type=float, default=10.0, help="measured seconds per level")
+    p.add_argument("--window-s", type=float, default=8.0, help="measured seconds per level")
     p.add_argument("--warmup-s", type=float, default=2.0, help="unmeasured seconds first")
     p.add_argument("--files", type=int, default=24, help="synthetic files")
     p.add_argument("--min-seconds", type=float, default=2.0)
@@ -380,7 +416,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="hlstm-load-") as tmp_str:
         tmp = Path(tmp_str)
-        bundle_dir, bundle_source = resolve_bundle(args.model_dir, tmp)
+        bundle_dir, bundle_source = resolve_bundle(args.model_dir, args.random_bundle, tmp)
         config = json.loads((bundle_dir / "config.json").read_text())
         has_ctc = bool(config.get("head"))
         endpoint = args.endpoint if args.endpoint != "auto" else (
