@@ -1,16 +1,21 @@
 #!/usr/bin/env bash
 # `make demo-model`: the whole pipeline on a 2-core CPU machine (CUDA when present), resumable at
-# every stage: each stage leaves runs/demo/stamps/<stage> when it has finished, and the
-# long ones (synth, teacher pretraining, targets, distillation, fine-tuning) also resume from
-# their own partial outputs when stopped half-way. Run it again to continue.
+# every stage: each stage leaves $OUT/stamps/<stage> when it has finished, and the long ones
+# (synth, teacher pretraining, targets, distillation, fine-tuning) also resume from their own
+# partial outputs when stopped half-way. Run it again to continue.
 #
 #   synthetic corpus -> mini HuBERT teacher -> target cache -> students (CE, KD, DKD b1, DKD b4,
 #   DistilHuBERT-style features) -> the same CTC downstream on each, on the teacher and on fbank
-#   -> WER/CER on the dev split -> results table -> best student exported to models/default.
+#   -> WER/CER on dev and on unseen voices -> results table -> best student to models/default.
 #
-# Sizes are environment variables so a GPU machine can run the real-size demo:
-#   HOURS (10), DISTILL_STEPS (config's), CTC_HOURS (hours of train audio for the CTC heads),
-#   CTC_STEPS, OUT (runs/demo), BUNDLE (models/default), SEED (0).
+# Sizes are environment variables (defaults: what fits a 2-core CPU in about two hours):
+#   HOURS (10)           synthetic training hours (dev and test_unseen add 5% each)
+#   TEACHER_STEPS (600)  mini-teacher pretraining steps
+#   DISTILL_HOURS (3)    training audio the students see (targets are cached for it)
+#   DISTILL_STEPS (300)  steps per student
+#   CTC_HOURS (1.5)      training audio for every CTC head;  CTC_STEPS (500)
+#   LANES (2)            independent stages run as this many 1-thread lanes (2 cores: 2)
+#   OUT (runs/demo), DATA (data/synth), BUNDLE (models/default), SEED (0)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,60 +25,83 @@ OUT=${OUT:-runs/demo}
 DATA=${DATA:-data/synth}
 HOURS=${HOURS:-10}
 SEED=${SEED:-0}
-DISTILL_STEPS=${DISTILL_STEPS:-}
-CTC_HOURS=${CTC_HOURS:-2}
-CTC_STEPS=${CTC_STEPS:-1500}
+TEACHER_STEPS=${TEACHER_STEPS:-600}
+DISTILL_HOURS=${DISTILL_HOURS:-3}
+DISTILL_STEPS=${DISTILL_STEPS:-300}
+CTC_HOURS=${CTC_HOURS:-1.5}
+CTC_STEPS=${CTC_STEPS:-500}
+LANES=${LANES:-2}
 BUNDLE=${BUNDLE:-models/default}
-STUDENTS=${STUDENTS:-"ce kd dkd_b1 dkd_b4 feature"}
 STAMPS=$OUT/stamps
-mkdir -p "$STAMPS"
+mkdir -p "$STAMPS" "$OUT/eval" "$OUT/logs"
 
 stage() {  # stage NAME COMMAND...: run once; a finished stage is skipped on the next run
   local name=$1; shift
   if [ -f "$STAMPS/$name" ]; then echo "== $name: done, skipping"; return; fi
   echo "== $name: $(date -u +%H:%M:%S) $*"
-  "$@"
+  "$@" > "$OUT/logs/$name.log" 2>&1 || { echo "!! $name failed: see $OUT/logs/$name.log"; return 1; }
   date -u +%FT%TZ > "$STAMPS/$name"
 }
 
+# ---- corpus and teacher (use both cores) ----
 stage synth "$HL" data synth --out "$DATA" --hours "$HOURS" --seed "$SEED" --no-progress
-
 stage teacher "$HL" teacher pretrain --manifest "$DATA/train.tsv" --out "$OUT/teacher" \
-  --config configs/teacher/demo.yaml
-stage teacher_dev_labels "$HL" teacher labels --kmeans "$OUT/teacher/kmeans.safetensors" \
-  --manifest "$DATA/dev.tsv" --out "$OUT/teacher/labels/dev.km"
-stage targets_train "$HL" targets --teacher "$OUT/teacher" --manifest "$DATA/train.tsv" \
-  --out "$OUT/targets/train" --top-k 100 --layers 2,4,6
-stage targets_dev "$HL" targets --teacher "$OUT/teacher" --manifest "$DATA/dev.tsv" \
-  --out "$OUT/targets/dev" --top-k 100 --layers 2,4,6
+  --config configs/teacher/demo.yaml --max-steps "$TEACHER_STEPS"
 
-for s in $STUDENTS; do
-  extra=()
-  [ -n "$DISTILL_STEPS" ] && extra=(--set "optim.max_steps=$DISTILL_STEPS")
-  stage "distill_$s" "$HL" distill --config "configs/distill/demo_$s.yaml" \
-    --set "run_dir=$OUT/distill_$s" "${extra[@]}"
+# ---- what the students see: the first DISTILL_HOURS of the (shuffled) train split ----
+stage distill_manifest "$PY" scripts/subset_manifest.py "$DATA/train.tsv" \
+  "$OUT/distill_train.tsv" --hours "$DISTILL_HOURS"
+for split in distill_train dev; do
+  manifest=$OUT/distill_train.tsv; [ "$split" = dev ] && manifest=$DATA/dev.tsv
+  stage "labels_$split" "$HL" teacher labels --kmeans "$OUT/teacher/kmeans.safetensors" \
+    --manifest "$manifest" --out "$OUT/labels/$split.km"
+  stage "targets_$split" "$HL" targets --teacher "$OUT/teacher" --manifest "$manifest" \
+    --out "$OUT/targets/$split" --top-k 100 --layers 2,4,6
 done
-
-# The CTC heads train on the first CTC_HOURS of the (shuffled) training manifest.
 stage ctc_manifest "$PY" scripts/subset_manifest.py "$DATA/train.tsv" "$OUT/ctc_train.tsv" \
   --hours "$CTC_HOURS"
 
-finetune() {  # finetune NAME UPSTREAM
+distill() {  # distill STUDENT
+  stage "distill_$1" "$HL" distill --config "configs/distill/demo_$1.yaml" \
+    --set "run_dir=$OUT/distill_$1" --set "optim.max_steps=$DISTILL_STEPS" \
+    --set "data.train_manifest=$OUT/distill_train.tsv" \
+    --set "data.train_labels=$OUT/labels/distill_train.km" \
+    --set "data.train_targets=$OUT/targets/distill_train" \
+    --set "data.dev_labels=$OUT/labels/dev.km" --set "data.dev_targets=$OUT/targets/dev" \
+    --set "teacher.dir=$OUT/teacher" --set "num_threads=$THREADS"
+}
+finetune() {  # finetune NAME UPSTREAM: CTC head, then scores on dev and unseen voices
   stage "ctc_$1" "$HL" finetune-ctc --upstream "$2" --train "$OUT/ctc_train.tsv" \
     --dev "$DATA/dev.tsv" --out "$OUT/ctc_$1" --config configs/ctc/demo.yaml \
-    --max-steps "$CTC_STEPS" --feature-cache memory
+    --max-steps "$CTC_STEPS" --feature-cache memory --set "num_threads=$THREADS"
   stage "eval_$1" "$HL" evaluate --model "$OUT/ctc_$1" --manifest "$DATA/dev.tsv" \
     --output "$OUT/eval/$1.dev.json"
   stage "eval_unseen_$1" "$HL" evaluate --model "$OUT/ctc_$1" \
     --manifest "$DATA/test_unseen.tsv" --output "$OUT/eval/$1.test_unseen.json"
 }
-mkdir -p "$OUT/eval"
-finetune fbank fbank
-finetune teacher "$OUT/teacher"
-for s in $STUDENTS; do finetune "$s" "$OUT/distill_$s"; done
+lane_a() { distill ce; distill kd; distill dkd_b1; finetune ce "$OUT/distill_ce"
+           finetune kd "$OUT/distill_kd"; finetune dkd_b1 "$OUT/distill_dkd_b1"; }
+lane_b() { finetune fbank fbank; finetune teacher "$OUT/teacher"; distill dkd_b4
+           distill feature; finetune dkd_b4 "$OUT/distill_dkd_b4"
+           finetune feature "$OUT/distill_feature"; }
 
-stage results "$PY" scripts/demo_results.py --runs "$OUT" --students "$STUDENTS" \
+# ---- students and CTC heads: two independent 1-thread lanes use 2 cores better than one
+# 2-thread job (small LSTM ops do not scale across threads) ----
+if [ "$LANES" -ge 2 ]; then
+  export THREADS=1 OMP_NUM_THREADS=1
+  lane_a & pid_a=$!
+  lane_b & pid_b=$!
+  status=0
+  wait "$pid_a" || status=1
+  wait "$pid_b" || status=1
+  [ "$status" = 0 ] || { echo "!! a lane failed; fix it and run again (finished stages are kept)"; exit 1; }
+else
+  export THREADS=${THREADS:-$(nproc)}
+  lane_a; lane_b
+fi
+
+stage results "$PY" scripts/demo_results.py --runs "$OUT" \
   --out-json "$OUT/results.json" --out-md docs/results.md
 stage export "$PY" scripts/demo_export.py --runs "$OUT" --results "$OUT/results.json" \
-  --out "$BUNDLE" --test-manifest "$DATA/test_unseen.tsv"
+  --out "$BUNDLE" --test-manifest "$DATA/test_unseen.tsv" --ctc-hours "$CTC_HOURS"
 echo "== demo model ready in $BUNDLE; table in docs/results.md"

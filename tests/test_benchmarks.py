@@ -147,13 +147,13 @@ def test_cpu_memory_probe_sees_torch_allocations() -> None:
     probe = model_speed.probe_cpu_memory("student_demo", batch=2, seconds=2.0, threads=1)
     if probe["peak_memory_mb"] is None:
         pytest.skip(probe["method"])
-    # the CNN's first activation alone: 2 x 256 channels x 6399 steps x 4 bytes ~ 12.5 MiB
-    assert probe["peak_memory_mb"] > 10
+    # the CNN's first activation alone: 2 x 128 channels x 6399 steps x 4 bytes ~ 6.25 MiB
+    assert probe["peak_memory_mb"] > 5
     assert probe["process_peak_rss_mb"] >= probe["rss_before_mb"]
     student = model_speed.MODELS["student_demo"].build()
     x = torch.randn(2, 32000)
     inline = model_speed.inline_cpu_memory(lambda: model_speed._call_student(student, x))
-    assert inline["peak_memory_mb"] > 10
+    assert inline["peak_memory_mb"] > 5
 
 
 @pytest.mark.slow

@@ -32,6 +32,7 @@ from model_training.models.cnn import (
     length_mask,
 )
 from model_training.models.outputs import UpstreamOutput
+from model_training.models.student import DEMO_CONV_LAYERS
 
 __all__ = [
     "DistilHubert",
@@ -330,9 +331,9 @@ def distilhubert_paper(
 def distilhubert_small(
     teacher_dim: int = 768, target_layers: tuple[int, ...] = (4, 8, 12), **overrides: Any
 ) -> DistilHubert:
-    """A CPU-trainable baseline: 256-channel HuBERT-shaped CNN, 2 x 256 Transformer layers."""
+    """A CPU-trainable baseline: the demo student's CNN, 2 x 256 Transformer layers."""
     params: dict[str, Any] = dict(
-        conv_layers=[(256, 10, 5)] + [(256, 3, 2)] * 4 + [(256, 2, 2)] * 2,
+        conv_layers=list(DEMO_CONV_LAYERS),
         hidden_size=256,
         num_heads=4,
         ffn_dim=1024,

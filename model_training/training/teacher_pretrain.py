@@ -183,7 +183,7 @@ class TeacherPretrainConfig:
     num_layers: int = 6
     num_heads: int = 4
     ffn_dim: int = 1024
-    conv_dim: int = 256  # same conv layout as student.DEMO_CONV_LAYERS
+    conv_dim: int = 128  # same conv layout as student.DEMO_CONV_LAYERS
     pos_conv_kernel: int = 64
     pos_conv_groups: int = 16
     proj_dim: int = 128
