@@ -48,6 +48,27 @@ def conv_output_lengths(lengths: Tensor, conv_layers: Sequence[ConvSpec]) -> Ten
     return out.clamp(min=0)
 
 
+def validate_waveforms(waveforms: Tensor, lengths: Tensor | None, min_samples: int) -> Tensor:
+    """Check a (B, S) batch and its (B,) lengths (None = all S); returns the lengths.
+
+    Raises ValueError with expected and found shapes, or when an input is shorter than
+    `min_samples` (the receptive field of one output frame).
+    """
+    if waveforms.dim() != 2:
+        raise ValueError(f"expected waveforms of shape (B, S), found {tuple(waveforms.shape)}")
+    batch, samples = waveforms.shape
+    if lengths is None:
+        lengths = torch.full((batch,), samples, dtype=torch.long, device=waveforms.device)
+    if lengths.shape != (batch,):
+        raise ValueError(f"expected lengths of shape ({batch},), found {tuple(lengths.shape)}")
+    if int(lengths.min()) < min_samples:
+        raise ValueError(
+            f"every input needs at least {min_samples} samples for one frame, "
+            f"found {int(lengths.min())}"
+        )
+    return lengths
+
+
 def length_mask(lengths: Tensor, max_len: int) -> Tensor:
     """(B,) lengths -> (B, max_len) bool mask, True at valid positions."""
     steps = torch.arange(max_len, device=lengths.device)
@@ -164,18 +185,7 @@ class ConvFeatureExtractor(nn.Module):
             features: (B, T, C_last), zeros at padded frames.
             frame_lengths: (B,) long.
         """
-        if waveforms.dim() != 2:
-            raise ValueError(f"expected waveforms of shape (B, S), found {tuple(waveforms.shape)}")
-        batch, samples = waveforms.shape
-        if lengths is None:
-            lengths = torch.full((batch,), samples, dtype=torch.long, device=waveforms.device)
-        if lengths.shape != (batch,):
-            raise ValueError(f"expected lengths of shape ({batch},), found {tuple(lengths.shape)}")
-        if int(lengths.min()) < self.receptive_field:
-            raise ValueError(
-                f"every input needs at least {self.receptive_field} samples for one frame, "
-                f"found {int(lengths.min())}"
-            )
+        lengths = validate_waveforms(waveforms, lengths, self.receptive_field)
         x = waveforms.unsqueeze(1)
         cur = lengths
         for spec, block in zip(self.specs, self.conv_layers, strict=True):

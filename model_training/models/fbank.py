@@ -17,7 +17,7 @@ import torch
 import torchaudio.functional as AF
 from torch import Tensor, nn
 
-from model_training.models.cnn import conv_output_lengths, length_mask
+from model_training.models.cnn import conv_output_lengths, length_mask, validate_waveforms
 from model_training.models.outputs import UpstreamOutput
 
 _LOG_FLOOR = 1e-10
@@ -135,18 +135,8 @@ class FbankUpstream(nn.Module):
     def forward(self, waveforms: Tensor, lengths: Tensor | None = None) -> UpstreamOutput:
         """waveforms: (B, S) float32 at `sample_rate`; lengths: (B,) valid samples (None = S)."""
         c = self.config
-        if waveforms.dim() != 2:
-            raise ValueError(f"expected waveforms of shape (B, S), found {tuple(waveforms.shape)}")
+        lengths = validate_waveforms(waveforms, lengths, c.win_length)
         batch, samples = waveforms.shape
-        if lengths is None:
-            lengths = torch.full((batch,), samples, dtype=torch.long, device=waveforms.device)
-        if lengths.shape != (batch,):
-            raise ValueError(f"expected lengths of shape ({batch},), found {tuple(lengths.shape)}")
-        if int(lengths.min()) < c.win_length:
-            raise ValueError(
-                f"every input needs at least {c.win_length} samples for one frame, "
-                f"found {int(lengths.min())}"
-            )
         frames = self.frame_lengths(lengths)
         t_max = int(frames.max())
         # Zero past each length (batch padding must look like silence), then pad so the
