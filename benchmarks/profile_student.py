@@ -443,9 +443,24 @@ def main(argv: list[str] | None = None) -> int:
                 entry["top_ops"] = top_ops(served, x)
             if not args.no_variants:
                 log.info("%s batch %d: variants", name, batch)
-                entry["variants"] = run_variants(served, x, args.repeats, args.min_sample_s, cores)
+                entry["variants"] = run_variants(
+                    served, x, args.repeats, args.min_sample_s, cores, args.variants
+                )
             results[name][f"batch_{batch}"] = entry
-    payload = {
+            # written after every cell so a long run that is cut short keeps what it measured
+            write_json(args.out, "profile_student", payload(args, cores, results, start))
+    write_json(args.out, "profile_student", payload(args, cores, results, start))
+    plot(results, args.batch_sizes, args.plot or args.out.with_suffix(".png"))
+    args.out.with_suffix(".md").write_text(markdown(results, args.batch_sizes))
+    print_summary(results, args.batch_sizes)
+    return 0
+
+
+def payload(
+    args: argparse.Namespace, cores: int, results: dict[str, Any], start: float
+) -> dict[str, Any]:
+    """The JSON document (without the common header)."""
+    return {
         "settings": {
             "models": args.models,
             "batch_sizes": args.batch_sizes,
@@ -464,11 +479,6 @@ def main(argv: list[str] | None = None) -> int:
         "results": results,
         "elapsed_s": time.monotonic() - start,
     }
-    write_json(args.out, "profile_student", payload)
-    plot(results, args.batch_sizes, args.plot or args.out.with_suffix(".png"))
-    args.out.with_suffix(".md").write_text(markdown(results, args.batch_sizes))
-    print_summary(results, args.batch_sizes)
-    return 0
 
 
 def markdown(results: dict[str, Any], batches: list[int]) -> str:

@@ -188,6 +188,7 @@ def test_profile_student_quick(tmp_path: Path) -> None:
     assert {"cnn", "norm+projection", "lstm1", "head"} <= set(shares)
     assert sum(shares.values()) == pytest.approx(1.0, abs=0.05)
     variants = entry["variants"]
+    assert set(variants) == {"baseline", "inference_mode", "always_pack", "int8_dynamic"}
     assert variants["baseline"]["outputs"]["bitwise_identical"]
     assert variants["inference_mode"]["outputs"]["bitwise_identical"]
     assert variants["always_pack"]["outputs"]["bitwise_identical"]
