@@ -11,9 +11,9 @@
 # Sizes are environment variables (defaults: what fits a 2-core CPU in about two hours):
 #   HOURS (10)           synthetic training hours (dev and test_unseen add 5% each)
 #   TEACHER_STEPS (600)  mini-teacher pretraining steps
-#   DISTILL_HOURS (3)    training audio the students see (targets are cached for it)
+#   DISTILL_HOURS (2)    training audio the students see (targets are cached for it)
 #   DISTILL_STEPS (300)  steps per student
-#   CTC_HOURS (1.5)      training audio for every CTC head;  CTC_STEPS (500)
+#   CTC_HOURS (1)        training audio for every CTC head;  CTC_STEPS (400)
 #   LANES (2)            independent stages run as this many 1-thread lanes (2 cores: 2)
 #   OUT (runs/demo), DATA (data/synth), BUNDLE (models/default), SEED (0)
 set -euo pipefail
@@ -26,10 +26,10 @@ DATA=${DATA:-data/synth}
 HOURS=${HOURS:-10}
 SEED=${SEED:-0}
 TEACHER_STEPS=${TEACHER_STEPS:-600}
-DISTILL_HOURS=${DISTILL_HOURS:-3}
+DISTILL_HOURS=${DISTILL_HOURS:-2}
 DISTILL_STEPS=${DISTILL_STEPS:-300}
-CTC_HOURS=${CTC_HOURS:-1.5}
-CTC_STEPS=${CTC_STEPS:-500}
+CTC_HOURS=${CTC_HOURS:-1}
+CTC_STEPS=${CTC_STEPS:-400}
 LANES=${LANES:-2}
 BUNDLE=${BUNDLE:-models/default}
 STAMPS=$OUT/stamps
