@@ -229,7 +229,8 @@ async def closed_loop(
     warmup_s: float,
     window_s: float,
     on_window_edge: Any,
-) -> tuple[list[Sample], float, float]:
+    drain_s: float = 60.0,
+) -> tuple[list[Sample], float, float, int]:
     """`concurrency` clients POST back to back; returns samples and the window's edges."""
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     samples: list[Sample] = []
@@ -261,8 +262,17 @@ async def closed_loop(
             await asyncio.sleep(max(t1 - loop.time(), 0))
             await asyncio.to_thread(on_window_edge, "end")
 
-        await asyncio.gather(edges(), *(worker() for _ in range(concurrency)))
-    return samples, t0, t1
+        edge_task = asyncio.ensure_future(edges())
+        workers = [asyncio.ensure_future(worker()) for _ in range(concurrency)]
+        # bounded: requests still running drain_s after the window are cancelled and
+        # counted as unfinished (latency percentiles then understate the tail; see JSON)
+        _, pending = await asyncio.wait(workers, timeout=warmup_s + window_s + drain_s)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        await edge_task
+    unfinished = len(pending)
+    return samples, t0, t1, unfinished
 
 
 def summarize_level(samples: list[Sample], t0: float, t1: float) -> dict[str, Any]:
@@ -305,6 +315,7 @@ def run_level(
     warmup_s: float,
     window_s: float,
     frame_rate: float,
+    drain_s: float = 60.0,
 ) -> dict[str, Any]:
     """One concurrency level against one server."""
     scrapes: dict[str, dict[str, float]] = {}
@@ -386,6 +397,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--levels", default="1,4,16,32,64", help="concurrency levels")
     p.add_argument("--window-s", type=float, default=8.0, help="measured seconds per level")
     p.add_argument("--warmup-s", type=float, default=2.0, help="unmeasured seconds first")
+    p.add_argument(
+        "--drain-s", type=float, default=30.0, help="wait this long for requests in flight"
+    )
     p.add_argument("--files", type=int, default=24, help="synthetic files")
     p.add_argument("--min-seconds", type=float, default=2.0)
     p.add_argument("--max-seconds", type=float, default=8.0)
@@ -454,8 +468,9 @@ def main(argv: list[str] | None = None) -> int:
                 order = servers if i % 2 == 0 else servers[::-1]
                 for server in order:
                     res = run_level(
-                        server, path, form, files, c, args.warmup_s, args.window_s, frame_rate
-                    )
+                        server, path, form, files, c, args.warmup_s, args.window_s, frame_rate,
+                        args.drain_s,
+                    )  # fmt: skip
                     res.update({"mode": server.name, "concurrency": c,
                                 "max_batch_size": batch_sizes[server.name]})  # fmt: skip
                     levels.append(res)
@@ -476,6 +491,7 @@ def main(argv: list[str] | None = None) -> int:
             "max_wait_ms": args.max_wait_ms,
             "window_s": args.window_s,
             "warmup_s": args.warmup_s,
+            "drain_s": args.drain_s,
             "endpoint": path,
             "form": form,
             "device": args.device,
@@ -522,7 +538,10 @@ def markdown(levels: list[dict[str, Any]], comparison: list[dict[str, Any]]) -> 
     ]
     for r in sorted(levels, key=lambda r: (r["concurrency"], r["mode"])):
         lat = r["latency_s"]
-        errors = ", ".join(f"{k}: {v}" for k, v in r["errors"].items()) or "-"
+        errors = ", ".join(f"{k}: {v}" for k, v in r["errors"].items())
+        if r.get("unfinished_at_drain_limit"):
+            errors += f"{', ' if errors else ''}unfinished: {r['unfinished_at_drain_limit']}"
+        errors = errors or "-"
         lines.append(
             f"| {r['concurrency']} | {'on' if r['mode'] == 'batching' else 'off'} "
             f"| {f(r['requests_per_s'])} | {f(r['audio_s_per_s'], 1)} | {f(lat['p50'])} "
