@@ -326,10 +326,13 @@ def run_level(
         usage = resource.getrusage(resource.RUSAGE_SELF)
         cpu[which] = (usage.ru_utime + usage.ru_stime, server.cpu_seconds())
 
-    samples, t0, t1 = asyncio.run(
-        closed_loop(server.url, endpoint, form, files, concurrency, warmup_s, window_s, edge)
+    samples, t0, t1, unfinished = asyncio.run(
+        closed_loop(
+            server.url, endpoint, form, files, concurrency, warmup_s, window_s, edge, drain_s
+        )
     )
     result = summarize_level(samples, t0, t1)
+    result["unfinished_at_drain_limit"] = unfinished
     result.update(batch_stats(scrapes["start"], scrapes["end"], frame_rate))
     result["client_cpu_s"] = cpu["end"][0] - cpu["start"][0]
     s0, s1 = cpu["start"][1], cpu["end"][1]
