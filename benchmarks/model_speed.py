@@ -10,7 +10,7 @@ Models (random weights: speed does not depend on the values):
     distilhubert        the DistilHuBERT architecture: the same CNN + 2 x 768 Transformer layers
                         (its layer-prediction heads are training-only and left out)
     student_paper       lstm_student_paper(num_classes=0): CNN + 4 BiLSTM x 384 (as served)
-    student_demo        lstm_student_small(num_classes=0): 256-channel CNN + 3 BiLSTM x 256
+    student_demo        lstm_student_small(num_classes=0): the CPU demo student
     student_paper_int8  student_paper after quantize_dynamic_int8 (LSTM/Linear int8; CPU only)
 
 Memory: on CPU, the peak RSS growth during one forward (torch's allocations are invisible to
@@ -142,7 +142,7 @@ MODELS: dict[str, ModelSpec] = {
         ),
         ModelSpec(
             "student_demo",
-            "demo student (lstm_student_small): 256-ch CNN + 3 BiLSTM x 256, no head",
+            "demo student (lstm_student_small, as configured in student.py), no head",
             _student_demo,
             _call_student,
         ),
