@@ -13,7 +13,7 @@
 #   TEACHER_STEPS (600)  mini-teacher pretraining steps
 #   DISTILL_HOURS (2)    training audio the students see (targets are cached for it)
 #   DISTILL_STEPS (300)  steps per student
-#   CTC_HOURS (1)        training audio for every CTC head;  CTC_STEPS (400)
+#   CTC_HOURS (1)        training audio for every CTC head;  CTC_STEPS (450)
 #   LANES (2)            independent stages run as this many 1-thread lanes (2 cores: 2)
 #   OUT (runs/demo), DATA (data/synth), BUNDLE (models/default), SEED (0)
 set -euo pipefail
@@ -29,7 +29,7 @@ TEACHER_STEPS=${TEACHER_STEPS:-600}
 DISTILL_HOURS=${DISTILL_HOURS:-2}
 DISTILL_STEPS=${DISTILL_STEPS:-300}
 CTC_HOURS=${CTC_HOURS:-1}
-CTC_STEPS=${CTC_STEPS:-400}
+CTC_STEPS=${CTC_STEPS:-450}
 LANES=${LANES:-2}
 BUNDLE=${BUNDLE:-models/default}
 STAMPS=$OUT/stamps
@@ -80,9 +80,9 @@ finetune() {  # finetune NAME UPSTREAM: CTC head, then scores on dev and unseen 
     --manifest "$DATA/test_unseen.tsv" --output "$OUT/eval/$1.test_unseen.json"
 }
 lane_a() { distill ce; distill kd; distill dkd_b1; finetune ce "$OUT/distill_ce"
-           finetune kd "$OUT/distill_kd"; finetune dkd_b1 "$OUT/distill_dkd_b1"; }
-lane_b() { finetune fbank fbank; finetune teacher "$OUT/teacher"; distill dkd_b4
-           distill feature; finetune dkd_b4 "$OUT/distill_dkd_b4"
+           finetune kd "$OUT/distill_kd"; finetune teacher "$OUT/teacher"; }
+lane_b() { finetune fbank fbank; distill dkd_b4; distill feature
+           finetune dkd_b1 "$OUT/distill_dkd_b1"; finetune dkd_b4 "$OUT/distill_dkd_b4"
            finetune feature "$OUT/distill_feature"; }
 
 # ---- students and CTC heads: two independent 1-thread lanes use 2 cores better than one

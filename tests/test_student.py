@@ -79,15 +79,23 @@ def test_causal_student_does_not_look_ahead(rng: torch.Generator) -> None:
     assert not torch.allclose(a[0, safe:], b[0, safe:])
 
 
-def test_masked_channel_norm_equals_group_norm_on_unpadded(rng: torch.Generator) -> None:
+@pytest.mark.parametrize("grad", [True, False])
+def test_masked_channel_norm_equals_group_norm_on_valid_part(
+    rng: torch.Generator, grad: bool
+) -> None:
     x = torch.randn(2, 6, 50, generator=rng)
     ref = nn.GroupNorm(6, 6)
     nn.init.normal_(ref.weight)
     nn.init.normal_(ref.bias)
     ours = MaskedChannelNorm(6)
     ours.load_state_dict(ref.state_dict())
-    mask = torch.ones(2, 50, dtype=torch.bool)
-    torch.testing.assert_close(ours(x, mask), ref(x))
+    padded = torch.cat([x, torch.full((2, 6, 7), 9.0)], dim=2)  # 7 padded steps of garbage
+    mask = torch.arange(57)[None, :].expand(2, 57) < 50
+    with torch.set_grad_enabled(grad):
+        out = ours(padded, mask)
+        torch.testing.assert_close(out[..., :50], ref(x))
+        assert out[..., 50:].abs().sum() == 0
+        torch.testing.assert_close(ours(x, torch.ones(2, 50, dtype=torch.bool)), ref(x))
 
 
 def test_config_validation_and_round_trip() -> None:

@@ -88,14 +88,26 @@ class MaskedChannelNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(channels))
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
-        """x: (B, C, T); mask: (B, T) bool. Returns (B, C, T), zeros at padding."""
+        """x: (B, C, T); mask: (B, T) bool. Returns (B, C, T), zeros at padding.
+
+        This layer sees the CNN's largest activation (3200 frames per second), so it matters
+        for speed and peak memory: nothing padded -> PyTorch's fused GroupNorm (equal up to
+        float rounding); without autograd the masked path works in place.
+        """
+        if bool(mask.all()):
+            return F.group_norm(x, x.shape[1], self.weight, self.bias, self.eps)
         m = mask.unsqueeze(1).to(x.dtype)
         count = m.sum(dim=2, keepdim=True).clamp(min=1.0)
         mean = (x * m).sum(dim=2, keepdim=True) / count
-        centered = (x - mean) * m
+        if torch.is_grad_enabled():
+            centered = (x - mean) * m
+            var = centered.pow(2).sum(dim=2, keepdim=True) / count
+            y = centered * torch.rsqrt(var + self.eps)
+            return (y * self.weight[None, :, None] + self.bias[None, :, None]) * m
+        centered = (x - mean).mul_(m)
         var = centered.pow(2).sum(dim=2, keepdim=True) / count
-        y = centered * torch.rsqrt(var + self.eps)
-        return (y * self.weight[None, :, None] + self.bias[None, :, None]) * m
+        y = centered.mul_(torch.rsqrt(var + self.eps))
+        return y.mul_(self.weight[None, :, None]).add_(self.bias[None, :, None]).mul_(m)
 
 
 class _ConvBlock(nn.Module):

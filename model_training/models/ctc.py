@@ -35,6 +35,10 @@ class CTCHeadConfig:
         time_masks, time_mask_width, freq_masks, freq_mask_width: SpecAugment-style masks on
             the mixed features, in training only (count, max width in frames / channels).
         blank_id: CTC blank index.
+        layer_norm: normalise each hidden state (LayerNorm without parameters) before the
+            weighted sum, as s3prl's featurizer does for upstreams that ask for it; it puts
+            transformer and LSTM layers of very different scales on one footing and shortens
+            CTC's blank-only plateau. SUPERB's default for HuBERT is off.
     """
 
     layer_dims: list[int]
@@ -49,6 +53,7 @@ class CTCHeadConfig:
     freq_masks: int = 2
     freq_mask_width: int = 32
     blank_id: int = 0
+    layer_norm: bool = False
 
     def __post_init__(self) -> None:
         if not self.layer_dims:
@@ -90,14 +95,18 @@ class CTCHeadConfig:
 class WeightedLayerSum(nn.Module):
     """SUPERB featurizer: softmax-normalised learned weights over chosen hidden states."""
 
-    def __init__(self, layer_indices: Sequence[int]) -> None:
+    def __init__(self, layer_indices: Sequence[int], layer_norm: bool = False) -> None:
         super().__init__()
         self.layer_indices = list(layer_indices)
+        self.layer_norm = layer_norm
         self.weights = nn.Parameter(torch.zeros(len(self.layer_indices)))
 
     def forward(self, hidden_states: Sequence[Tensor]) -> Tensor:
         """hidden_states: L+1 tensors (B, T, D_l) -> (B, T, D) mix of the chosen layers."""
-        stacked = torch.stack([hidden_states[i] for i in self.layer_indices], dim=0)
+        chosen = [hidden_states[i] for i in self.layer_indices]
+        if self.layer_norm:
+            chosen = [F.layer_norm(h, h.shape[-1:]) for h in chosen]
+        stacked = torch.stack(chosen, dim=0)
         w = F.softmax(self.weights, dim=0).to(stacked.dtype)
         return (w[:, None, None, None] * stacked).sum(dim=0)
 
@@ -129,7 +138,7 @@ class CTCHead(nn.Module):
     def __init__(self, config: CTCHeadConfig) -> None:
         super().__init__()
         self.config = config
-        self.featurizer = WeightedLayerSum(config.layer_indices)
+        self.featurizer = WeightedLayerSum(config.layer_indices, config.layer_norm)
         self.projection = nn.Linear(config.input_dim, config.proj_dim)
         self.lstm = nn.LSTM(
             config.proj_dim,
