@@ -159,3 +159,14 @@ def test_distilhubert_baseline_bundle_round_trip(tmp_path, rng: torch.Generator)
         _, ref = ASRModel(upstream, head).eval()(wave, lengths)
         _, lp = bundle.model(wave, lengths)
     torch.testing.assert_close(lp, ref, atol=0, rtol=0)
+
+
+def test_featurizer_layer_norm_makes_layer_scale_irrelevant(rng: torch.Generator) -> None:
+    from model_training.models.ctc import WeightedLayerSum
+
+    hs = [torch.randn(2, 5, 8, generator=rng) for _ in range(3)]
+    scaled = [h * s for h, s in zip(hs, (100.0, 10.0, 3.0), strict=True)]
+    normed = WeightedLayerSum([0, 1, 2], layer_norm=True)
+    torch.testing.assert_close(normed(scaled), normed(hs), atol=1e-4, rtol=1e-4)
+    plain = WeightedLayerSum([0, 1, 2])
+    assert not torch.allclose(plain(scaled), plain(hs))
