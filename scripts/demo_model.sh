@@ -79,11 +79,11 @@ finetune() {  # finetune NAME UPSTREAM: CTC head, then scores on dev and unseen 
   stage "eval_unseen_$1" "$HL" evaluate --model "$OUT/ctc_$1" \
     --manifest "$DATA/test_unseen.tsv" --output "$OUT/eval/$1.test_unseen.json"
 }
-lane_a() { distill ce; distill kd; distill dkd_b1; finetune ce "$OUT/distill_ce"
-           finetune kd "$OUT/distill_kd"; finetune teacher "$OUT/teacher"; }
-lane_b() { finetune fbank fbank; distill dkd_b4; distill feature
-           finetune dkd_b1 "$OUT/distill_dkd_b1"; finetune dkd_b4 "$OUT/distill_dkd_b4"
-           finetune feature "$OUT/distill_feature"; }
+lane_a() { finetune fbank fbank; distill ce; distill kd; distill dkd_b1
+           finetune ce "$OUT/distill_ce"; finetune kd "$OUT/distill_kd"
+           finetune teacher "$OUT/teacher"; }
+lane_b() { distill dkd_b4; distill feature; finetune dkd_b1 "$OUT/distill_dkd_b1"
+           finetune dkd_b4 "$OUT/distill_dkd_b4"; finetune feature "$OUT/distill_feature"; }
 
 # ---- students and CTC heads: two independent 1-thread lanes use 2 cores better than one
 # 2-thread job (small LSTM ops do not scale across threads) ----

@@ -114,6 +114,9 @@ class FinetuneConfig:
     checkpoint_every: int = 2000
     keep_checkpoints: int = 2
     target_dev_cer: float | None = None
+    # dev metric that picks best/ (ties: the other one). SUPERB: wer. Early in training an
+    # empty transcript scores WER 1.0 and beats a useful one with insertions; cer then helps.
+    select_by: str = "wer"
     feature_cache: str = "none"
     seed: int = 0
     device: str = "auto"
@@ -131,6 +134,8 @@ class FinetuneConfig:
         """Raise ValueError on inconsistent settings."""
         if not self.train_manifest:
             raise ValueError("train_manifest is required")
+        if self.select_by not in ("wer", "cer"):
+            raise ValueError(f"select_by must be 'wer' or 'cer', found {self.select_by!r}")
         if self.feature_cache not in FEATURE_CACHE_MODES:
             raise ValueError(
                 f"feature_cache must be one of {FEATURE_CACHE_MODES}, found {self.feature_cache!r}"
@@ -426,10 +431,11 @@ def evaluate_dev(
     return metrics
 
 
-def _is_better(dev: dict[str, float], best: dict[str, Any] | None) -> bool:
+def _is_better(dev: dict[str, float], best: dict[str, Any] | None, select_by: str) -> bool:
     if best is None:
         return True
-    return (dev["wer"], dev["cer"]) < (best["wer"], best["cer"])
+    other = "cer" if select_by == "wer" else "wer"
+    return (dev[select_by], dev[other]) < (best[select_by], best[other])
 
 
 def _largest_batch(sampler: LengthBucketSampler) -> list[int]:
@@ -655,7 +661,7 @@ def _run(cfg: FinetuneConfig) -> Path:
                 entry = {"step": state.step, **dev}
                 state.extra["last_dev"] = entry
                 state.extra.setdefault("evaluations", []).append(entry)
-                if _is_better(dev, state.extra.get("best")):
+                if _is_better(dev, state.extra.get("best"), cfg.select_by):
                     state.extra["best"] = entry
                     save_best(dev)
                 logger.info(
