@@ -146,3 +146,13 @@ def test_score_normalizes_and_skips_empty_references() -> None:
     assert result["wer"] == pytest.approx(2 / 4)
     assert result["cer"] == pytest.approx(2 / 20)
     assert score([""], ["X"]) == {}
+
+
+def test_best_head_selection_by_wer_or_cer() -> None:
+    from model_training.training.finetune_ctc import _is_better
+
+    empty = {"wer": 1.0, "cer": 1.0}  # a head that only emits blanks
+    useful = {"wer": 1.05, "cer": 0.67}  # insertions, but most characters right
+    assert not _is_better(useful, empty, "wer")
+    assert _is_better(useful, empty, "cer")
+    assert _is_better(empty, None, "wer")
