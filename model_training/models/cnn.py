@@ -66,6 +66,8 @@ def validate_waveforms(waveforms: Tensor, lengths: Tensor | None, min_samples: i
             f"every input needs at least {min_samples} samples for one frame, "
             f"found {int(lengths.min())}"
         )
+    if int(lengths.max()) > samples:
+        raise ValueError(f"lengths must not exceed the {samples} samples given, found {lengths}")
     return lengths
 
 

@@ -42,7 +42,7 @@ from torch import Tensor, nn
 from transformers import HubertConfig, HubertModel
 from transformers.masking_utils import create_bidirectional_mask
 
-from model_training.models.cnn import conv_output_lengths, length_mask
+from model_training.models.cnn import conv_output_lengths, length_mask, validate_waveforms
 from model_training.models.outputs import UpstreamOutput
 
 logger = logging.getLogger(__name__)
@@ -402,18 +402,7 @@ class HubertTeacher(nn.Module):
             LayerNorm, as transformers' `last_hidden_state`), zeros at padded frames;
             lengths (B,); logits (B, T, C) float32 or None without a head.
         """
-        if waveforms.dim() != 2:
-            raise ValueError(f"expected waveforms (B, S); found {tuple(waveforms.shape)}")
-        batch, samples = waveforms.shape
-        if lengths is None:
-            lengths = torch.full((batch,), samples, dtype=torch.long, device=waveforms.device)
-        if lengths.shape != (batch,):
-            raise ValueError(f"expected lengths ({batch},); found {tuple(lengths.shape)}")
-        if int(lengths.min()) < self.receptive_field or int(lengths.max()) > samples:
-            raise ValueError(
-                f"lengths must lie in [{self.receptive_field}, {samples}] samples; found "
-                f"[{int(lengths.min())}, {int(lengths.max())}]"
-            )
+        lengths = validate_waveforms(waveforms, lengths, self.receptive_field)
         if self.normalize_waveform:
             waveforms = self._normalize(waveforms, lengths)
         features, frames = self._conv_features(waveforms, lengths)
