@@ -23,7 +23,6 @@ padding-exact upstream (every upstream here is), but memory grows with the corpu
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
@@ -692,26 +691,3 @@ def _run(cfg: FinetuneConfig) -> Path:
     _write_metrics(run_dir, state, summary)
     logger.info("finished at step %d; best %s", state.step, state.extra.get("best"))
     return run_dir
-
-
-# ----------------------------------------------------------------------------- entry points
-
-
-def get_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Fine-tune a CTC head on a frozen upstream.")
-    parser.add_argument("--config", help="YAML file (see configs/ctc/)")
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides")
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """Entry point for `python -m model_training.training.finetune_ctc`."""
-    args = get_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    run(FinetuneConfig.from_yaml(args.config, args.set))
-
-
-if __name__ == "__main__":
-    main()
