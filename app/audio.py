@@ -40,7 +40,7 @@ class DecodedAudio:
 
     Attributes:
         waveform: (S,) float32 mono at `sample_rate`.
-        sample_rate: always 16000.
+        sample_rate: 16000 (the file's own rate only from `decode_audio(resample=False)`).
         source_format: container/format name found (e.g. "WAV", "mp3", "matroska,webm").
         source_sample_rate: the file's sample rate.
         channels: the file's channel count before downmixing.
@@ -76,8 +76,14 @@ def check_content_type(content_type: str | None, param: str = "file") -> None:
     )
 
 
-def decode_audio(data: bytes, *, max_seconds: float, param: str = "file") -> DecodedAudio:
+def decode_audio(
+    data: bytes, *, max_seconds: float, param: str = "file", resample: bool = True
+) -> DecodedAudio:
     """Decode an upload to mono float32 16 kHz.
+
+    With `resample=False` the audio stays at the file's rate and no torch operator runs
+    (the service resamples on its torch thread, see `app/torch_worker.py`); finish with
+    `to_model_rate`.
 
     Raises:
         AudioDecodeError (400): empty, undecodable, truncated, no audio stream, NaN/inf samples,
@@ -95,7 +101,8 @@ def decode_audio(data: bytes, *, max_seconds: float, param: str = "file") -> Dec
         samples, rate, channels, fmt = _decode_soundfile(data, max_seconds, param)
     else:
         samples, rate, channels, fmt = _decode_pyav(data, max_seconds, param)
-    return _finish(samples, rate, channels, fmt, param)
+    decoded = _validate(samples, rate, channels, fmt, param)
+    return to_model_rate(decoded, param) if resample else decoded
 
 
 def _too_long(seconds: float, max_seconds: float, param: str, *, declared: bool) -> None:
@@ -211,8 +218,8 @@ def _decode_pyav(data: bytes, max_seconds: float, param: str) -> tuple[np.ndarra
     return samples, int(rate), int(channels), fmt
 
 
-def _finish(samples: np.ndarray, rate: int, channels: int, fmt: str, param: str) -> DecodedAudio:
-    """Validate decoded samples and resample to 16 kHz."""
+def _validate(samples: np.ndarray, rate: int, channels: int, fmt: str, param: str) -> DecodedAudio:
+    """Reject empty or non-finite audio; wrap it at its own rate (no torch operator runs)."""
     if samples.size == 0:
         raise AudioDecodeError("the file contains no audio samples", param=param, reason="empty")
     if not np.isfinite(samples).all():
@@ -220,8 +227,23 @@ def _finish(samples: np.ndarray, rate: int, channels: int, fmt: str, param: str)
             "the audio contains NaN or infinite samples", param=param, reason="non_finite"
         )
     waveform = torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32))
-    if rate != TARGET_SAMPLE_RATE:
-        waveform = AF.resample(waveform, rate, TARGET_SAMPLE_RATE)
+    return DecodedAudio(waveform, rate, fmt, rate, channels)
+
+
+def needs_resampling(audio: DecodedAudio) -> bool:
+    """True when `to_model_rate` has to run torchaudio's resampler (a parallel torch op)."""
+    return audio.sample_rate != TARGET_SAMPLE_RATE
+
+
+def to_model_rate(audio: DecodedAudio, param: str = "file") -> DecodedAudio:
+    """Resample to 16 kHz (torchaudio's windowed sinc, as in training) and check the length.
+
+    Raises:
+        AudioDecodeError (400): shorter than one frame (400 samples at 16 kHz).
+    """
+    waveform = audio.waveform
+    if needs_resampling(audio):
+        waveform = AF.resample(waveform, audio.sample_rate, TARGET_SAMPLE_RATE)
     if waveform.numel() < MIN_SAMPLES:
         raise AudioDecodeError(
             f"audio too short: {waveform.numel()} samples at 16 kHz, need at least "
@@ -229,4 +251,10 @@ def _finish(samples: np.ndarray, rate: int, channels: int, fmt: str, param: str)
             param=param,
             reason="too_short",
         )
-    return DecodedAudio(waveform.contiguous(), TARGET_SAMPLE_RATE, fmt, rate, channels)
+    return DecodedAudio(
+        waveform.contiguous(),
+        TARGET_SAMPLE_RATE,
+        audio.source_format,
+        audio.source_sample_rate,
+        audio.channels,
+    )

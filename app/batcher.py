@@ -22,7 +22,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
@@ -32,6 +32,9 @@ from torch import Tensor
 logger = logging.getLogger(__name__)
 
 R = TypeVar("R")
+
+#: Thread name prefix of the worker a batcher starts for itself.
+WORKER_PREFIX = "hlstm-batcher"
 
 
 class QueueFullError(Exception):
@@ -109,6 +112,9 @@ class DynamicBatcher(Generic[R]):
         window: how many of the oldest items are considered when grouping by length;
             defaults to 4 x max_batch_size.
         observer: metrics hooks.
+        executor: a single-thread executor to run batches on (the service passes its torch
+            thread, `app/torch_worker.py`, so all its torch compute shares one thread); the
+            batcher then leaves shutting it down to its owner. None: the batcher starts its own.
     """
 
     def __init__(
@@ -125,6 +131,7 @@ class DynamicBatcher(Generic[R]):
         fp16: bool = False,
         window: int | None = None,
         observer: BatcherObserver | None = None,
+        executor: Executor | None = None,
     ) -> None:
         if max_batch_size < 1 or max_batch_frames < 1 or queue_limit < 1:
             raise ValueError(
@@ -146,7 +153,8 @@ class DynamicBatcher(Generic[R]):
         self._pending: deque[_Item] = deque()
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
-        self._executor: ThreadPoolExecutor | None = None
+        self._executor: Executor | None = executor
+        self._owns_executor = executor is None
         self._running = False
         self._failed = False
         # Exponential average of seconds per batch, for Retry-After estimates.
@@ -168,7 +176,8 @@ class DynamicBatcher(Generic[R]):
         if self._running:
             return
         self._wakeup = asyncio.Event()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hlstm-batcher")
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=WORKER_PREFIX)
         self._running = True
         self._task = asyncio.get_running_loop().create_task(self._collect(), name="batcher")
 
@@ -193,7 +202,7 @@ class DynamicBatcher(Generic[R]):
             if not item.future.done():
                 item.future.set_exception(BatcherStoppedError("service is shutting down"))
         self._report_depth()
-        if self._executor is not None:
+        if self._owns_executor and self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
 
@@ -421,4 +430,4 @@ class DynamicBatcher(Generic[R]):
 
 def current_thread_is_worker() -> bool:
     """True inside the batcher's worker thread (for assertions in tests)."""
-    return threading.current_thread().name.startswith("hlstm-batcher")
+    return threading.current_thread().name.startswith(WORKER_PREFIX)

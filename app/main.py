@@ -7,7 +7,6 @@ Run with `hubert-lstm serve` or `uvicorn app.main:create_app --factory`.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -27,6 +26,7 @@ from app.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
 from app.routes import audio, health, models
 from app.service import Service
 from app.settings import SAMPLES_PER_FRAME, Settings
+from app.torch_worker import TorchWorker
 from model_training.bundle import Bundle, load_bundle
 
 logger = logging.getLogger(__name__)
@@ -54,6 +54,7 @@ def create_app(settings: Settings | None = None, *, loader: BundleLoader | None 
         settings=settings,
         metrics=metrics,
         decode_pool=ThreadPoolExecutor(settings.decode_workers, thread_name_prefix="hlstm-decode"),
+        torch_worker=TorchWorker(),
     )
 
     @asynccontextmanager
@@ -62,13 +63,14 @@ def create_app(settings: Settings | None = None, *, loader: BundleLoader | None 
         service.device = device
         previous_threads = torch.get_num_threads()
         if settings.torch_threads is not None:
-            torch.set_num_threads(settings.torch_threads)
+            # On the torch thread, so that its OpenMP team gets this size.
+            await service.run_torch(torch.set_num_threads, settings.torch_threads)
         logger.info("loading bundle %s on %s", settings.model_dir, device)
-        bundle = await asyncio.to_thread(load, settings.model_dir, device)
+        bundle = await service.run_torch(load, settings.model_dir, device)
         run_batch = make_run_batch(bundle)
         fp16 = settings.fp16 and device == "cuda"
         if settings.warmup:
-            await asyncio.to_thread(warm_up, run_batch, device, fp16)
+            await service.run_torch(warm_up, run_batch, device, fp16)
         batcher = DynamicBatcher(
             run_batch,
             max_batch_size=settings.max_batch_size,
@@ -80,6 +82,7 @@ def create_app(settings: Settings | None = None, *, loader: BundleLoader | None 
             device=device,
             fp16=fp16,
             observer=metrics,
+            executor=service.torch_worker.executor,
         )
         batcher.start()
         service.bundle, service.batcher, service.ready = bundle, batcher, True
@@ -94,6 +97,7 @@ def create_app(settings: Settings | None = None, *, loader: BundleLoader | None 
             metrics.model_ready.set(0)
             await batcher.stop(drain_timeout_s=min(settings.request_timeout_s, 30.0))
             service.decode_pool.shutdown(wait=False, cancel_futures=True)
+            service.torch_worker.shutdown()
             torch.set_num_threads(previous_threads)
             logger.info("stopped")
 

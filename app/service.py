@@ -1,4 +1,4 @@
-"""What the lifespan builds and the routes use: settings, metrics, bundle, batcher, thread pool.
+"""What the lifespan builds and the routes use: settings, metrics, bundle, batcher, thread pools.
 
 `Service` is the seam between HTTP and the model: routes decode uploads and submit waveforms
 through it, and it maps batcher failures to API errors.
@@ -16,12 +16,19 @@ from typing import TypeVar
 from fastapi import Request
 from torch import Tensor
 
-from app.audio import DecodedAudio, check_content_type, decode_audio
+from app.audio import (
+    DecodedAudio,
+    check_content_type,
+    decode_audio,
+    needs_resampling,
+    to_model_rate,
+)
 from app.batcher import BatcherStoppedError, BatcherTimeoutError, DynamicBatcher, QueueFullError
 from app.errors import APIError, NotReadyError, OverloadedError, RequestTimeoutError
 from app.inference import ItemResult
 from app.metrics import Metrics
 from app.settings import Settings
+from app.torch_worker import TorchWorker
 from model_training.bundle import Bundle
 
 logger = logging.getLogger(__name__)
@@ -52,6 +59,7 @@ class Service:
     decode_pool: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(2, thread_name_prefix="hlstm-decode")
     )
+    torch_worker: TorchWorker = field(default_factory=TorchWorker)
 
     def require_ready(self) -> tuple[Bundle, DynamicBatcher[ItemResult]]:
         """The bundle and batcher, or 503 while starting or draining (or the batcher died)."""
@@ -67,18 +75,29 @@ class Service:
         return self.bundle, self.batcher
 
     async def run_in_pool(self, fn: Callable[..., T], *args: object) -> T:
-        """Run blocking work (decoding, CTC decoding) off the event loop."""
+        """Run blocking work without torch operators (container decoding) off the event loop."""
         return await asyncio.get_running_loop().run_in_executor(self.decode_pool, fn, *args)
+
+    async def run_torch(self, fn: Callable[..., T], *args: object) -> T:
+        """Run torch work (resampling, CTC decoding) on the service's one torch thread."""
+        return await self.torch_worker.run(fn, *args)
 
     async def decode_upload(
         self, data: bytes, content_type: str | None, param: str = "file"
     ) -> DecodedAudio:
-        """Check the media type and decode in the pool; counts decode failures by reason."""
+        """Check the media type, decode in the pool, resample on the torch thread.
+
+        Counts decode failures by reason.
+        """
+        max_seconds = self.settings.max_audio_seconds
         try:
             check_content_type(content_type, param)
-            return await self.run_in_pool(
-                lambda: decode_audio(data, max_seconds=self.settings.max_audio_seconds, param=param)
+            audio = await self.run_in_pool(
+                lambda: decode_audio(data, max_seconds=max_seconds, param=param, resample=False)
             )
+            if needs_resampling(audio):
+                return await self.run_torch(to_model_rate, audio, param)
+            return to_model_rate(audio, param)
         except APIError as exc:
             self.metrics.on_decode_failure(exc.reason)
             raise

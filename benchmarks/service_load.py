@@ -1,20 +1,20 @@
 """The service under load: dynamic batching on vs off, concurrency 1 to 64, on loopback.
 
-Starts two servers itself (uvicorn `app.main:create_app`, each on a free 127.0.0.1 port, the
-same bundle): one with dynamic batching (HLSTM_MAX_BATCH_SIZE=16 by default) and one without
-(HLSTM_MAX_BATCH_SIZE=1). For each concurrency level, each server in turn (order alternating by
-level) gets a closed loop of `c` clients (httpx async) that POST synthetic audio files of
-2-8 s back to back: a short warm-up, then a measured window. Reported per level and mode:
-requests/s and audio seconds/s completed inside the window, p50/p95/p99 latency of requests
-started in it, errors by status, and from the server's /metrics (scraped at the window's
-edges) the mean batch size and the padding ratio.
+Starts its servers itself (uvicorn `app.main:create_app`, each on a free 127.0.0.1 port, the
+same bundle): one per batching size (HLSTM_MAX_BATCH_SIZE=16 and 4 by default) and one without
+batching (HLSTM_MAX_BATCH_SIZE=1). For each concurrency level, each server in turn (order
+reversed every other level) gets a closed loop of `c` clients (httpx async) that POST
+synthetic audio files of 2-8 s back to back: a short warm-up, then a measured window.
+Reported per level and server: requests/s and audio seconds/s completed inside the window,
+p50/p95/p99 latency of requests started in it, errors by status, and from the server's
+/metrics (scraped at the window's edges) the mean batch size and the padding ratio.
 
 The bundle: --model-dir, default models/default when it holds a bundle, else a random-init
 tiny bundle built with model_training.testing.build_tiny_bundle (the JSON says which). The
 client shares the machine's cores with the server: on a small machine it takes some of the
 CPU the server could use; the JSON records the client's CPU seconds per level.
 
-    python benchmarks/service_load.py            # ~4 minutes on 2 cores
+    python benchmarks/service_load.py            # ~3.5 minutes on 2 cores (3 servers)
     python benchmarks/service_load.py --quick    # seconds; checks the script
 """
 
@@ -406,8 +406,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--files", type=int, default=24, help="synthetic files")
     p.add_argument("--min-seconds", type=float, default=2.0)
     p.add_argument("--max-seconds", type=float, default=8.0)
-    p.add_argument("--max-batch-size", type=int, default=16, help="batching-on server")
-    p.add_argument("--max-wait-ms", type=float, default=10.0, help="batching-on server")
+    p.add_argument(
+        "--max-batch-sizes",
+        default="16,4",
+        help="one batching server per size (HLSTM_MAX_BATCH_SIZE), next to one with 1",
+    )
+    p.add_argument("--max-wait-ms", type=float, default=10.0, help="batching servers")
     p.add_argument("--modes", default="batching,no_batching", help="which servers to run")
     p.add_argument("--endpoint", choices=["auto", "transcriptions", "embeddings"], default="auto")
     p.add_argument("--device", default="auto", help="HLSTM_DEVICE for the servers")
@@ -422,9 +426,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.levels, args.window_s, args.warmup_s, args.files = "1,4", 1.5, 0.5, 4
     args.levels = [int(c) for c in args.levels.split(",")]
     args.modes = [m.strip() for m in args.modes.split(",")]
+    args.max_batch_sizes = [int(b) for b in args.max_batch_sizes.split(",")]
     if min(args.levels) < 1 or not set(args.modes) <= {"batching", "no_batching"}:
         p.error("levels must be >= 1; modes are batching and/or no_batching")
+    if min(args.max_batch_sizes) < 2:
+        p.error("--max-batch-sizes are the batching servers' sizes: each must be >= 2")
     return args
+
+
+def server_batch_sizes(modes: list[str], max_batch_sizes: list[int]) -> dict[str, int]:
+    """Server name -> HLSTM_MAX_BATCH_SIZE: "batch16", "batch4", ... and "no_batching" (1)."""
+    sizes = {f"batch{b}": b for b in max_batch_sizes} if "batching" in modes else {}
+    if "no_batching" in modes:
+        sizes["no_batching"] = 1
+    return sizes
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -458,10 +473,10 @@ def main(argv: list[str] | None = None) -> int:
         }
         if args.torch_threads:
             base_env["HLSTM_TORCH_THREADS"] = str(args.torch_threads)
-        batch_sizes = {"batching": args.max_batch_size, "no_batching": 1}
+        batch_sizes = server_batch_sizes(args.modes, args.max_batch_sizes)
         servers = [
-            Server(m, {**base_env, "HLSTM_MAX_BATCH_SIZE": str(batch_sizes[m])}, tmp / f"{m}.log")
-            for m in args.modes
+            Server(m, {**base_env, "HLSTM_MAX_BATCH_SIZE": str(size)}, tmp / f"{m}.log")
+            for m, size in batch_sizes.items()
         ]
         frame_rate = float(config.get("frame_rate", 50.0))
         levels: list[dict[str, Any]] = []
@@ -490,7 +505,7 @@ def main(argv: list[str] | None = None) -> int:
     payload = {
         "settings": {
             "levels": args.levels,
-            "modes": {m: {"max_batch_size": batch_sizes[m]} for m in args.modes},
+            "servers": {m: {"max_batch_size": size} for m, size in batch_sizes.items()},
             "max_wait_ms": args.max_wait_ms,
             "window_s": args.window_s,
             "warmup_s": args.warmup_s,
@@ -535,28 +550,28 @@ def markdown(levels: list[dict[str, Any]], comparison: list[dict[str, Any]]) -> 
         return f"{v:.{digits}f}" if v is not None else "-"
 
     lines = [
-        "| clients | batching | req/s | audio s/s | p50 (s) | p95 (s) | p99 (s) "
+        "| clients | max batch | req/s | audio s/s | p50 (s) | p95 (s) | p99 (s) "
         "| mean batch | padding ratio | errors |",
         "|---:|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
-    for r in sorted(levels, key=lambda r: (r["concurrency"], r["mode"])):
+    for r in sorted(levels, key=lambda r: (r["concurrency"], -r["max_batch_size"])):
         lat = r["latency_s"]
         errors = ", ".join(f"{k}: {v}" for k, v in r["errors"].items())
         if r.get("unfinished_at_drain_limit"):
             errors += f"{', ' if errors else ''}unfinished: {r['unfinished_at_drain_limit']}"
         errors = errors or "-"
         lines.append(
-            f"| {r['concurrency']} | {'on' if r['mode'] == 'batching' else 'off'} "
+            f"| {r['concurrency']} | {r['max_batch_size']} "
             f"| {f(r['requests_per_s'])} | {f(r['audio_s_per_s'], 1)} | {f(lat['p50'])} "
             f"| {f(lat['p95'])} | {f(lat['p99'])} | {f(r['mean_batch_size'], 1)} "
             f"| {f(r['mean_padding_ratio'])} | {errors} |"
         )
-    lines += ["", "| clients | throughput with / without batching | p99 with | p99 without |",
-              "|---:|---:|---:|---:|"]  # fmt: skip
+    lines += ["", "| clients | max batch | throughput with / without batching | p99 with "
+              "| p99 without |", "|---:|---:|---:|---:|---:|"]  # fmt: skip
     for c in comparison:
         lines.append(
-            f"| {c['concurrency']} | {f(c['throughput_ratio'])} | {f(c['p99_s']['batching'])} "
-            f"| {f(c['p99_s']['no_batching'])} |"
+            f"| {c['concurrency']} | {c['max_batch_size']} | {f(c['throughput_ratio'])} "
+            f"| {f(c['p99_s']['batching'])} | {f(c['p99_s']['no_batching'])} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -566,16 +581,19 @@ def _fmt(v: float | None) -> str:
 
 
 def compare_modes(levels: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per concurrency: throughput ratio batching / no batching and both p99 latencies."""
+    """Per concurrency and batching server: throughput ratio to no batching, both p99s."""
     index = {(r["mode"], r["concurrency"]): r for r in levels}
+    batching = sorted({(r["max_batch_size"], r["mode"]) for r in levels if r["max_batch_size"] > 1})
     out = []
-    for c in sorted({r["concurrency"] for r in levels}):
-        on, off = index.get(("batching", c)), index.get(("no_batching", c))
+    concurrencies = sorted({r["concurrency"] for r in levels})
+    for c, mode in ((c, m) for c in concurrencies for _, m in reversed(batching)):
+        on, off = index.get((mode, c)), index.get(("no_batching", c))
         if on is None or off is None:
             continue
         out.append(
             {
                 "concurrency": c,
+                "max_batch_size": on["max_batch_size"],
                 "throughput_ratio": on["requests_per_s"] / off["requests_per_s"]
                 if off["requests_per_s"]
                 else None,

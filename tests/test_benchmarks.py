@@ -203,16 +203,22 @@ def test_service_load_quick(tmp_path: Path) -> None:
 
     bundle = build_tiny_bundle(tmp_path / "bundle")
     out = tmp_path / "load.json"
-    run_script("service_load.py", "--quick", "--model-dir", str(bundle), "--out", str(out))
+    run_script(
+        "service_load.py", "--quick", "--model-dir", str(bundle), "--out", str(out),
+        "--max-batch-sizes", "8,4",
+    )  # fmt: skip
     doc = json.loads(out.read_text())
     check_header(doc, "service_load")
     assert doc["bundle"]["source"] == "given"
     levels = {(r["mode"], r["concurrency"]): r for r in doc["levels"]}
-    assert set(levels) == {(m, c) for m in ("batching", "no_batching") for c in (1, 4)}
+    modes = ("batch8", "batch4", "no_batching")
+    assert set(levels) == {(m, c) for m in modes for c in (1, 4)}
     for r in levels.values():
         assert r["completed"] > 0 and not r["errors"]
         assert r["latency_s"]["p50"] <= r["latency_s"]["p99"]
-    # the no-batching server never batches; the batching one reports batch sizes from /metrics
+    # the no-batching server never batches; the batching ones report batch sizes from /metrics
     assert levels[("no_batching", 4)]["mean_batch_size"] == pytest.approx(1.0)
-    assert levels[("batching", 4)]["mean_batch_size"] >= 1.0
-    assert [c["concurrency"] for c in doc["batching_vs_no_batching"]] == [1, 4]
+    assert levels[("batch8", 4)]["mean_batch_size"] >= 1.0
+    assert [(c["concurrency"], c["max_batch_size"]) for c in doc["batching_vs_no_batching"]] == [
+        (1, 8), (1, 4), (4, 8), (4, 4)
+    ]  # fmt: skip

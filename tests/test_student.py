@@ -90,11 +90,13 @@ def test_masked_channel_norm_equals_group_norm_on_valid_part(
     ours = MaskedChannelNorm(6)
     ours.load_state_dict(ref.state_dict())
     padded = torch.cat([x, torch.full((2, 6, 7), 9.0)], dim=2)  # 7 padded steps of garbage
-    mask = torch.arange(57)[None, :].expand(2, 57) < 50
+    padded[1, :, 31:] = 9.0  # row 1 holds 31 valid steps
+    mask = torch.arange(57)[None, :] < torch.tensor([[50], [31]])
     with torch.set_grad_enabled(grad):
-        out = ours(padded, mask)
-        torch.testing.assert_close(out[..., :50], ref(x))
-        assert out[..., 50:].abs().sum() == 0
+        out = ours(padded.clone(), mask)
+        torch.testing.assert_close(out[:1, :, :50], ref(x[:1]))
+        torch.testing.assert_close(out[1:, :, :31], ref(x[1:, :, :31]))
+        assert out[0, :, 50:].abs().sum() == 0 and out[1, :, 31:].abs().sum() == 0
         torch.testing.assert_close(ours(x, torch.ones(2, 50, dtype=torch.bool)), ref(x))
 
 

