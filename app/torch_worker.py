@@ -5,9 +5,10 @@ Why one thread: PyTorch's CPU wheels parallelise with GNU OpenMP, which keeps a 
 threads per thread that ever opened a parallel region. Once the process holds more OpenMP
 threads than CPUs, libgomp stops spinning between regions and parks its threads on futexes,
 and an LSTM, which opens a few small parallel regions per time step, slows down several times.
-Measured on the 2-core CI machine (torch 2.14.1, 2 intra-op threads, 3-layer BiLSTM x 256 on
-250 frames): 23 ms on one thread; 101 ms once a second thread had run the same LSTM, and
-93 ms once two decode threads had run `torchaudio.functional.resample`. In the service that
+`benchmarks/lstm_cpu.py` on the 2-core CI machine (torch 2.14.1, 2 intra-op threads, 3-layer
+BiLSTM x 256 over 250 frames on a worker thread): 26.5 ms when that thread is the only one
+running torch; 70 ms once the main thread had run the LSTM too; 69 ms once two decode threads
+had run `torchaudio.functional.resample`. In the service (decode pool + loader + batcher) that
 made a request's inference 3x slower than the bare model. Parallel torch operators therefore
 run here only; the decode pool does numpy/libsndfile/PyAV work.
 """

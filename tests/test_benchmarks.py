@@ -222,3 +222,19 @@ def test_service_load_quick(tmp_path: Path) -> None:
     assert [(c["concurrency"], c["max_batch_size"]) for c in doc["batching_vs_no_batching"]] == [
         (1, 8), (1, 4), (4, 8), (4, 4)
     ]  # fmt: skip
+
+
+def test_lstm_cpu_quick(tmp_path: Path) -> None:
+    out = tmp_path / "lstm_cpu.json"
+    run_script("lstm_cpu.py", "--quick", "--out", str(out))
+    doc = json.loads(out.read_text())
+    check_header(doc, "lstm_cpu")
+    padded = {(r["shape"], r["mode"]) for r in doc["padded_batches"]}
+    shapes = ("ctc_head_2x256", "student_layer_1x256")
+    assert padded == {(s, m) for s in shapes for m in ("inference", "training")}
+    for r in doc["padded_batches"]:
+        assert set(r["ms"]) == {"packed", "run_lstm", "unpadded"} and r["padding_ratio"] > 0
+    scenarios = [r["scenario"] for r in doc["thread_scenarios"]]
+    assert scenarios == ["one_thread", "main_thread_ran_lstm", "decode_threads_resampled"]
+    assert doc["thread_scenarios"][0]["slowdown_vs_one_thread"] == 1.0
+    assert out.with_suffix(".md").exists()

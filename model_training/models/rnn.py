@@ -2,9 +2,9 @@
 
 Padding must never change an utterance's outputs. The textbook way is packing, but on CPU a
 packed sequence misses oneDNN's fused LSTM kernel and takes PyTorch's generic per-step path.
-Measured on the 2-core CI machine (torch 2.14.1, 2 threads; 2-layer BiLSTM x 256, batch 16 of
-150-250 frames): packed 231 ms per forward, the path below 124 ms, the same batch unpadded
-116 ms; forward + backward 2.44 s packed against 0.45 s.
+`benchmarks/lstm_cpu.py` on the 2-core CI machine (torch 2.14.1, 2 threads; the CTC head's
+2-layer BiLSTM x 256, batch 16 of 150-250 frames): inference 193 ms packed, 139 ms here, 133 ms
+for the same batch unpadded; forward + backward 1.25 s packed against 0.45 s here.
 
 The path below: a trailing pad cannot reach a valid frame going forward in time, so the
 forward direction runs on the padded batch as is. The backward direction runs forward in
