@@ -73,7 +73,7 @@ def create_app(settings: Settings | None = None, *, loader: BundleLoader | None 
             await service.run_torch(warm_up, run_batch, device, fp16)
         batcher = DynamicBatcher(
             run_batch,
-            max_batch_size=settings.max_batch_size,
+            max_batch_size=settings.resolved_max_batch_size(device),
             max_batch_frames=settings.max_batch_frames,
             max_wait_ms=settings.max_wait_ms,
             queue_limit=settings.queue_limit,
@@ -88,7 +88,11 @@ def create_app(settings: Settings | None = None, *, loader: BundleLoader | None 
         service.bundle, service.batcher, service.ready = bundle, batcher, True
         metrics.model_ready.set(1)
         logger.info(
-            "ready: model %s (%s layers) on %s", bundle.name, len(bundle.layer_names), device
+            "ready: model %s (%s layers) on %s, batches of up to %d",
+            bundle.name,
+            len(bundle.layer_names),
+            device,
+            batcher.max_batch_size,
         )
         try:
             yield

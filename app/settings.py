@@ -17,6 +17,11 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 SAMPLES_PER_FRAME = 320
 
 
+#: Batch size limits when HLSTM_MAX_BATCH_SIZE is unset. On CPU one utterance already keeps
+#: the cores busy and padding costs more than batching gains (benchmarks/service_load.py).
+DEFAULT_MAX_BATCH_SIZE = {"cuda": 16, "cpu": 1}
+
+
 class Settings(BaseSettings):
     """Validated service configuration (see the module docstring for the environment names)."""
 
@@ -27,7 +32,13 @@ class Settings(BaseSettings):
         "auto", description="auto = CUDA when available, else CPU."
     )
     fp16: bool = Field(False, description="Autocast to float16 on CUDA (ignored on CPU).")
-    max_batch_size: int = Field(16, ge=1, le=1024, description="Most requests per batch.")
+    max_batch_size: int | None = Field(
+        None,
+        ge=1,
+        le=1024,
+        description="Most requests per batch. Unset: 16 on CUDA, 1 on CPU, where batching "
+        "measured slower than none (docs/performance.md).",
+    )
     max_batch_frames: int = Field(
         24_000,
         ge=1,
@@ -82,6 +93,12 @@ class Settings(BaseSettings):
     def max_upload_bytes(self) -> int:
         """The upload limit in bytes."""
         return int(self.max_upload_mb * 1024 * 1024)
+
+    def resolved_max_batch_size(self, device: str) -> int:
+        """`max_batch_size`, or the default for `device` ('cuda' or 'cpu') when unset."""
+        if self.max_batch_size is not None:
+            return self.max_batch_size
+        return DEFAULT_MAX_BATCH_SIZE[device]
 
     def resolved_device(self) -> str:
         """'cuda' or 'cpu'; `auto` picks CUDA when available. Raises if CUDA is asked but absent."""

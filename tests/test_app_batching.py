@@ -177,7 +177,7 @@ async def test_disconnected_client_is_not_computed(app_client):
 
 
 async def test_metrics_reflect_traffic(app_client):
-    async with app_client(max_wait_ms=100) as (_, client):
+    async with app_client(max_wait_ms=100, max_batch_size=16) as (_, client):
         before = (await client.get("/metrics")).text
         assert metric_value(before, "hlstm_model_ready") == 1
         assert metric_value(before, "hlstm_audio_seconds_total") == 0

@@ -363,3 +363,23 @@ async def test_crashed_batcher_fails_health_and_never_hangs(app_client, monkeypa
         _assert_error(await client.get("/healthz"), 503)
         _assert_error(await client.get("/readyz"), 503)
         assert metric_value((await client.get("/metrics")).text, "hlstm_model_ready") == 0
+
+
+def test_max_batch_size_defaults_by_device(monkeypatch):
+    """Unset: no batching on CPU (measured slower there), batches of 16 on CUDA."""
+    from app.settings import Settings
+
+    monkeypatch.delenv("HLSTM_MAX_BATCH_SIZE", raising=False)
+    unset = Settings()
+    assert unset.resolved_max_batch_size("cpu") == 1
+    assert unset.resolved_max_batch_size("cuda") == 16
+    monkeypatch.setenv("HLSTM_MAX_BATCH_SIZE", "8")
+    assert Settings().resolved_max_batch_size("cpu") == 8
+
+
+async def test_service_uses_the_resolved_batch_size(app_client, monkeypatch):
+    monkeypatch.delenv("HLSTM_MAX_BATCH_SIZE", raising=False)
+    async with app_client() as (app, _):
+        assert app.state.service.batcher.max_batch_size == 1
+    async with app_client(max_batch_size=6) as (app, _):
+        assert app.state.service.batcher.max_batch_size == 6
