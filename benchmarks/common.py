@@ -255,6 +255,17 @@ def pyplot():
     return plt
 
 
+def save_figure(fig: Any, path: Path) -> None:
+    """Lay out, write `fig` as a PNG at `path` (creating folders) and close it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    log.info("wrote %s", path)
+
+
 def grouped_bars(
     ax: Any,
     groups: Sequence[str],

@@ -37,6 +37,7 @@ from common import (
     RESULTS_DIR,
     grouped_bars,
     pyplot,
+    save_figure,
     setup_logging,
     summarize,
     time_call,
@@ -197,11 +198,7 @@ def plot(padded: list[dict[str, Any]], threads: list[dict[str, Any]], path: Path
         "ms per call", fmt="{:.0f}",
     )  # fmt: skip
     axes[1].set_title("3-layer BiLSTM on a worker thread, after ...")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    log.info("wrote %s", path)
+    save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -52,6 +52,7 @@ from common import (
     release_free_memory,
     reset_peak_rss,
     rss_mb,
+    save_figure,
     setup_logging,
     summarize,
     time_call,
@@ -698,11 +699,7 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
         axes[0][col].set_title(f"{device}: throughput on {seconds:g} s inputs (higher is better)")
         grouped_bars(axes[1][col], models, mem, "peak forward memory (MiB)", fmt="{:.0f}")
         axes[1][col].set_title(f"{device}: memory growth during one forward")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    log.info("wrote %s", path)
+    save_figure(fig, path)
 
 
 if __name__ == "__main__":

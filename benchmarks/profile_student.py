@@ -34,6 +34,7 @@ from common import (
     RESULTS_DIR,
     grouped_bars,
     pyplot,
+    save_figure,
     setup_logging,
     summarize,
     time_call,
@@ -571,11 +572,7 @@ def plot(results: dict[str, Any], batches: list[int], path: Path) -> None:
         grouped_bars(ax2, names, series, "speed-up over baseline (x)")
         ax2.axhline(1.0, color="black", linewidth=0.8)
         ax2.set_title("variants (bf16/int8 change outputs)")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    log.info("wrote %s", path)
+    save_figure(fig, path)
 
 
 if __name__ == "__main__":

@@ -43,7 +43,15 @@ from typing import Any
 import httpx
 import numpy as np
 import soundfile as sf
-from common import REPO_ROOT, RESULTS_DIR, grouped_bars, pyplot, setup_logging, write_json
+from common import (
+    REPO_ROOT,
+    RESULTS_DIR,
+    grouped_bars,
+    pyplot,
+    save_figure,
+    setup_logging,
+    write_json,
+)
 from prometheus_client.parser import text_string_to_metric_families
 
 log = logging.getLogger("service_load")
@@ -645,11 +653,7 @@ def plot(levels: list[dict[str, Any]], path: Path) -> None:
     )
     axes[2].set_xlabel("concurrent clients")
     axes[2].set_title("mean batch size (from /metrics)")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    log.info("wrote %s", path)
+    save_figure(fig, path)
 
 
 if __name__ == "__main__":
