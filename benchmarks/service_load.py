@@ -427,11 +427,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--startup-timeout-s", type=float, default=180.0)
     p.add_argument("--out", type=Path, default=RESULTS_DIR / "service_load.json")
     p.add_argument("--plot", type=Path, default=None, help="PNG path (default: next to --out)")
-    p.add_argument("--quick", action="store_true", help="levels 1,4; 1.5 s windows (smoke test)")
+    p.add_argument("--quick", action="store_true", help="levels 1,4; 3 s windows (smoke test)")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
     if args.quick:
-        args.levels, args.window_s, args.warmup_s, args.files = "1,4", 1.5, 0.5, 4
+        args.levels, args.window_s, args.warmup_s, args.files = "1,4", 3.0, 0.5, 4
     args.levels = [int(c) for c in args.levels.split(",")]
     args.modes = [m.strip() for m in args.modes.split(",")]
     args.max_batch_sizes = [int(b) for b in args.max_batch_sizes.split(",")]

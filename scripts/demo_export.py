@@ -49,7 +49,7 @@ training or model selection. Corpus card: `{corpus_card}`.
     make demo-model        # scripts/demo_model.sh; every stage resumes
     # teacher:  configs/teacher/demo.yaml   (MFCC k-means units -> masked prediction)
     # student:  configs/distill/demo_{name}.yaml
-    # CTC head: configs/ctc/demo.yaml, trained on {ctc_hours:g} h of the train split
+    # CTC head: configs/ctc/demo.yaml, {ctc_steps} steps on {ctc_hours:g} h of the train split
 
 ## Build the real thing
 
@@ -78,6 +78,12 @@ def main() -> None:
     parser.add_argument("--test-manifest", type=Path, default=Path("data/synth/test_unseen.tsv"))
     parser.add_argument("--corpus-card", type=Path, default=Path("data/synth/card.json"))
     parser.add_argument("--ctc-hours", type=float, default=2.0)
+    parser.add_argument("--ctc-steps", type=int, default=450)
+    parser.add_argument(
+        "--head", choices=["equal", "long"], default="equal",
+        help="export the best student's equal-budget head or its longer one (ctc_long_NAME)",
+    )  # fmt: skip
+    parser.add_argument("--print-best", action="store_true", help="print the best name, exit")
     args = parser.parse_args()
 
     results = json.loads(args.results.read_text())
@@ -85,15 +91,20 @@ def main() -> None:
     # by CER, as the CTC heads were selected: at this budget an empty transcript (WER 1.00)
     # would beat a useful one with insertions on WER
     best = min(students, key=lambda r: (r["dev_cer"], r["dev_wer"]))
+    if args.print_best:
+        print(best["name"])
+        return
+    eval_name = best["name"] if args.head == "equal" else f"long_{best['name']}"
+    run = best["run"] if args.head == "equal" else str(args.runs / f"ctc_{eval_name}")
     provenance: dict[str, Any] = export_run(
-        best["run"],
+        run,
         args.out,
         eval_manifest=args.test_manifest,
         name=f"hubert-lstm-demo-{best['name']}",
     )
     corpus = json.loads(args.corpus_card.read_text()) if args.corpus_card.is_file() else {}
     test = provenance.get("evaluation", {}).get("fp32", {})
-    dev_eval = json.loads((args.runs / "eval" / f"{best['name']}.dev.json").read_text())
+    dev_eval = json.loads((args.runs / "eval" / f"{eval_name}.dev.json").read_text())
     export_card = (args.out / "README.md").read_text()
     card = CARD.format(
         name=best["name"],
@@ -110,6 +121,7 @@ def main() -> None:
         test_cer=f"{100 * test['cer']:.1f}" if test.get("cer") is not None else "-",
         corpus_card=args.corpus_card,
         ctc_hours=args.ctc_hours,
+        ctc_steps=args.ctc_steps,
         export_card=export_card.replace("\n# ", "\n## ", 1)
         if export_card.startswith("# ")
         else export_card,
