@@ -30,7 +30,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (
@@ -44,19 +43,13 @@ from common import (
     write_json,
 )
 
-from model_training.models.rnn import run_lstm
+from model_training.models.rnn import run_lstm, run_packed
 
 log = logging.getLogger("lstm_cpu")
 
 #: The CTC head's BiLSTM (2 x 256) and the demo student's (3 x 256, one layer per module).
 SHAPES = {"ctc_head_2x256": (256, 256, 2), "student_layer_1x256": (256, 256, 1)}
 SCENARIOS = ("one_thread", "main_thread_ran_lstm", "decode_threads_resampled")
-
-
-def packed(lstm: nn.LSTM, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """The textbook padded-batch LSTM: pack, run, unpack."""
-    p = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
-    return pad_packed_sequence(lstm(p)[0], batch_first=True, total_length=x.shape[1])[0]
 
 
 def padded_batches(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -71,7 +64,7 @@ def padded_batches(args: argparse.Namespace) -> list[dict[str, Any]]:
         lstm = nn.LSTM(d_in, hidden, layers, batch_first=True, bidirectional=True)
         x = torch.randn(args.batch, args.max_frames, d_in)
         variants = {
-            "packed": lambda x, lstm=lstm: packed(lstm, x, lengths),
+            "packed": lambda x, lstm=lstm: run_packed(lstm, x, lengths),
             "run_lstm": lambda x, lstm=lstm: run_lstm(lstm, x, lengths),
             "unpadded": lambda x, lstm=lstm: run_lstm(lstm, x, full),
         }

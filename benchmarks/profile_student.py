@@ -22,14 +22,13 @@ import logging
 import math
 import sys
 import time
-import types
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import torch
-import torch.nn.functional as F
 from common import (
     RESULTS_DIR,
     grouped_bars,
@@ -41,9 +40,10 @@ from common import (
     write_json,
 )
 from torch import Tensor, nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from model_training.bundle import quantize_dynamic_int8
+from model_training.models import student as student_module
+from model_training.models.rnn import run_packed
 from model_training.models.student import LSTMStudent, lstm_student_paper, lstm_student_small
 
 log = logging.getLogger("profile_student")
@@ -206,37 +206,20 @@ def _lstm_native(model: LSTMStudent) -> tuple[nn.Module, Any]:
 
 
 def _always_pack(model: LSTMStudent) -> tuple[nn.Module, Any]:
-    """The packed-sequence path even without padding (what `_run_lstm` skips today)."""
-    model = copy.deepcopy(model)
+    """Packed sequences even without padding (what `run_lstm` skips when nothing is padded)."""
 
-    def run(self: LSTMStudent, lstm: nn.LSTM, x: Tensor, lengths: Tensor) -> Tensor:
-        packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
-        out, _ = lstm(packed)
-        return pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])[0]
+    @contextlib.contextmanager
+    def ctx() -> Iterator[None]:
+        with torch.no_grad(), mock.patch.object(student_module, "run_lstm", run_packed):
+            yield
 
-    model._run_lstm = types.MethodType(run, model)  # type: ignore[method-assign]
-    return model, torch.no_grad
+    return model, ctx
 
 
 def _contiguous_features(model: LSTMStudent) -> tuple[nn.Module, Any]:
     """Make the CNN's transposed (B, T, C) output contiguous before the LayerNorm."""
     model = copy.deepcopy(model)
     model.feature_norm.register_forward_pre_hook(lambda _m, args: (args[0].contiguous(),))
-    return model, torch.no_grad
-
-
-def _group_norm_fast_path(model: LSTMStudent) -> tuple[nn.Module, Any]:
-    """Unmasked F.group_norm in conv block 0 when nothing is padded (masked norm otherwise)."""
-    model = copy.deepcopy(model)
-    norm = model.feature_extractor.conv_layers[0].layer_norm
-    masked_forward = norm.forward
-
-    def forward(self: nn.Module, x: Tensor, mask: Tensor) -> Tensor:
-        if bool(mask.all()):
-            return F.group_norm(x, x.shape[1], self.weight, self.bias, self.eps)
-        return masked_forward(x, mask)
-
-    norm.forward = types.MethodType(forward, norm)  # type: ignore[method-assign]
     return model, torch.no_grad
 
 
@@ -285,26 +268,20 @@ def variants(cores: int) -> list[Variant]:
             "lstm_native",
             "oneDNN disabled for the LSTM layers only (PyTorch's LSTM kernel)",
             _lstm_native,
-            where="model: LSTMStudent._run_lstm, wrap the lstm call in "
+            where="model: models/rnn.py run_lstm, wrap the lstm call in "
             "torch.backends.mkldnn.flags(enabled=False) on CPU",
         ),
         Variant(
             "always_pack",
-            "packed sequences even without padding (the skip in _run_lstm removed)",
+            "packed sequences even without padding (the skip in run_lstm removed)",
             _always_pack,
-            where="already in LSTMStudent._run_lstm (this measures what the skip saves)",
+            where="already in models/rnn.py run_lstm (this measures what the skip saves)",
         ),
         Variant(
             "contiguous_features",
             "CNN output made contiguous before feature_norm",
             _contiguous_features,
             where="model: ConvFeatureExtractor.forward, return x.transpose(1, 2).contiguous()",
-        ),
-        Variant(
-            "group_norm_fast_path",
-            "F.group_norm in conv block 0 when the batch has no padding",
-            _group_norm_fast_path,
-            where="model: MaskedChannelNorm.forward, fast path when mask.all()",
         ),
         Variant(
             "bf16_autocast",

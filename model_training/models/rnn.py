@@ -45,7 +45,7 @@ def run_lstm(lstm: nn.Module, x: Tensor, lengths: Tensor) -> Tensor:
     if bool((lengths == total).all()):
         return lstm(x)[0]  # nothing padded
     if x.device.type != "cpu" or type(lstm) is not nn.LSTM or lstm.proj_size:
-        return _run_packed(lstm, x, lengths)
+        return run_packed(lstm, x, lengths)
     valid = torch.arange(total, device=x.device)[None, :] < lengths[:, None]  # (B, T)
     if not lstm.bidirectional:
         return lstm(x)[0] * valid.unsqueeze(-1)
@@ -77,7 +77,8 @@ def _template(input_size: int, hidden_size: int, bias: bool) -> nn.LSTM:
     return cache[key]
 
 
-def _run_packed(lstm: nn.Module, x: Tensor, lengths: Tensor) -> Tensor:
+def run_packed(lstm: nn.Module, x: Tensor, lengths: Tensor) -> Tensor:
+    """The textbook path, packed sequences (always, even unpadded); same contract as run_lstm."""
     packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
     out = lstm(packed)[0]
     return pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])[0]
