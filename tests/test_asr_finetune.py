@@ -118,7 +118,7 @@ def test_feature_cache_matches_on_the_fly(speech: Path, tmp_path, cache: str) ->
 
 
 def test_config_validation(speech: Path, tmp_path) -> None:
-    with pytest.raises(ValueError, match="unknown config keys"):
+    with pytest.raises(ValueError, match="unknown keys in config"):
         FinetuneConfig.from_dict({"train_manifest": "x", "learning_rate": 1})
     with pytest.raises(ValueError, match="feature_cache"):
         FinetuneConfig(train_manifest="x", feature_cache="ram")

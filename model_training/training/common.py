@@ -15,20 +15,23 @@ import math
 import os
 import random
 import re
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field, fields
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import torch
 import torch.distributed as dist
+import yaml
 from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 __all__ = [
     "Checkpointer",
@@ -39,6 +42,7 @@ __all__ = [
     "autocast",
     "barrier",
     "cleanup_distributed",
+    "dataclass_from_dict",
     "get_rng_state",
     "init_distributed",
     "is_main_process",
@@ -47,6 +51,7 @@ __all__ = [
     "log_scalars",
     "make_grad_scaler",
     "maybe_no_sync",
+    "read_yaml_with_overrides",
     "resolve_device",
     "seed_everything",
     "set_rng_state",
@@ -58,6 +63,32 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 # ----------------------------------------------------------------------------- seeding / RNG
+
+
+def read_yaml_with_overrides(
+    path: str | os.PathLike | None, overrides: Sequence[str] = ()
+) -> dict[str, Any]:
+    """A YAML mapping (empty without `path`) with `a.b=value` overrides applied (YAML values)."""
+    d: dict[str, Any] = (yaml.safe_load(Path(path).read_text()) or {}) if path else {}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"override must look like a.b=value, found {item!r}")
+        node = d
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = yaml.safe_load(value)
+    return d
+
+
+def dataclass_from_dict(cls: type[T], d: dict[str, Any], where: str = "config") -> T:
+    """`cls(**d)`, refusing keys that are not fields of `cls` (typos fail loudly)."""
+    known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    unknown = set(d) - known
+    if unknown:
+        raise ValueError(f"unknown keys in {where}: {sorted(unknown)}; expected {sorted(known)}")
+    return cls(**d)
 
 
 def seed_everything(seed: int) -> None:

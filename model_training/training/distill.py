@@ -29,7 +29,7 @@ import math
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -54,12 +54,14 @@ from model_training.training.common import (
     autocast,
     barrier,
     cleanup_distributed,
+    dataclass_from_dict,
     init_distributed,
     linear_warmup_decay,
     load_checkpoint_payload,
     log_scalars,
     make_grad_scaler,
     maybe_no_sync,
+    read_yaml_with_overrides,
     seed_everything,
     summary_writer,
     unwrap_model,
@@ -209,7 +211,7 @@ class DistillConfig:
         ):
             value = getattr(self, name)
             if isinstance(value, dict):
-                setattr(self, name, _from_dict(typ, value, name))
+                setattr(self, name, dataclass_from_dict(typ, value, name))
         self.validate()
 
     def validate(self) -> None:
@@ -248,30 +250,12 @@ class DistillConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DistillConfig:
-        return _from_dict(cls, d, "config")
+        return dataclass_from_dict(cls, d, "config")
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike, overrides: Sequence[str] = ()) -> DistillConfig:
         """Read YAML, apply `a.b=value` overrides (values parsed as YAML), validate."""
-        d = yaml.safe_load(Path(path).read_text()) or {}
-        for item in overrides:
-            key, sep, value = item.partition("=")
-            if not sep:
-                raise ValueError(f"override must look like a.b=value, found {item!r}")
-            node = d
-            *parents, leaf = key.split(".")
-            for p in parents:
-                node = node.setdefault(p, {})
-            node[leaf] = yaml.safe_load(value)
-        return cls.from_dict(d)
-
-
-def _from_dict(cls: type, d: dict[str, Any], where: str) -> Any:
-    known = {f.name for f in fields(cls)}
-    unknown = set(d) - known
-    if unknown:
-        raise ValueError(f"unknown keys in {where}: {sorted(unknown)}; expected {sorted(known)}")
-    return cls(**d)
+        return cls.from_dict(read_yaml_with_overrides(path, overrides))
 
 
 # ----------------------------------------------------------------------------- data

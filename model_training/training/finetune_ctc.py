@@ -29,7 +29,7 @@ import math
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -50,10 +50,12 @@ from model_training.training.common import (
     Checkpointer,
     TrainState,
     autocast,
+    dataclass_from_dict,
     get_rng_state,
     linear_warmup_decay,
     log_scalars,
     make_grad_scaler,
+    read_yaml_with_overrides,
     resolve_device,
     seed_everything,
     set_rng_state,
@@ -161,11 +163,7 @@ class FinetuneConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FinetuneConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown config keys {sorted(unknown)}; expected {sorted(known)}")
-        return cls(**d)
+        return dataclass_from_dict(cls, d, "config")
 
     @classmethod
     def from_yaml(
@@ -175,16 +173,7 @@ class FinetuneConfig:
         **values: Any,
     ) -> FinetuneConfig:
         """YAML file (optional), then `a.b=value` overrides (YAML values), then `values`."""
-        d: dict[str, Any] = (yaml.safe_load(Path(path).read_text()) or {}) if path else {}
-        for item in overrides:
-            key, sep, value = item.partition("=")
-            if not sep:
-                raise ValueError(f"override must look like a.b=value, found {item!r}")
-            node = d
-            *parents, leaf = key.split(".")
-            for p in parents:
-                node = node.setdefault(p, {})
-            node[leaf] = yaml.safe_load(value)
+        d = read_yaml_with_overrides(path, overrides)
         d.update({k: v for k, v in values.items() if v is not None})
         return cls.from_dict(d)
 
