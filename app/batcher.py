@@ -29,6 +29,8 @@ from typing import Generic, Protocol, TypeVar
 import torch
 from torch import Tensor
 
+from model_training.precision import inference_autocast
+
 logger = logging.getLogger(__name__)
 
 R = TypeVar("R")
@@ -109,6 +111,7 @@ class DynamicBatcher(Generic[R]):
         device: where batches run; on CUDA the batch is built in pinned memory and copied
             with `non_blocking=True`.
         fp16: autocast to float16 (CUDA only).
+        cpu_bf16: autocast to bfloat16 (CPU only).
         window: how many of the oldest items are considered when grouping by length;
             defaults to 4 x max_batch_size.
         observer: metrics hooks.
@@ -129,6 +132,7 @@ class DynamicBatcher(Generic[R]):
         sample_rate: int = 16_000,
         device: str | torch.device = "cpu",
         fp16: bool = False,
+        cpu_bf16: bool = False,
         window: int | None = None,
         observer: BatcherObserver | None = None,
         executor: Executor | None = None,
@@ -147,6 +151,7 @@ class DynamicBatcher(Generic[R]):
         self.sample_rate = sample_rate
         self.device = torch.device(device)
         self.fp16 = fp16 and self.device.type == "cuda"
+        self.cpu_bf16 = cpu_bf16 and self.device.type == "cpu"
         self.window = window or 4 * max_batch_size
         self.observer = observer
         self.stats = BatcherStats()
@@ -207,6 +212,11 @@ class DynamicBatcher(Generic[R]):
             self._executor = None
 
     # ------------------------------------------------------------------ submit
+    @property
+    def precision(self) -> str:
+        """fp16 (CUDA), bf16 (CPU) or fp32: the autocast batches run under."""
+        return "fp16" if self.fp16 else "bf16" if self.cpu_bf16 else "fp32"
+
     def frames_of(self, num_samples: int) -> int:
         """Frames the model produces for `num_samples` (for the budget; at least 1)."""
         return max(1, num_samples // self.samples_per_frame)
@@ -394,10 +404,7 @@ class DynamicBatcher(Generic[R]):
             lengths = lengths.pin_memory()
         waveforms = waveforms.to(self.device, non_blocking=True)
         lengths = lengths.to(self.device, non_blocking=True)
-        autocast = (
-            torch.autocast("cuda", dtype=torch.float16) if self.fp16 else contextlib.nullcontext()
-        )
-        with torch.inference_mode(), autocast:
+        with torch.inference_mode(), inference_autocast(self.device, self.precision):
             results = list(self._run_batch(waveforms, lengths))
         if len(results) != len(batch):
             raise ValueError(f"run_batch returned {len(results)} results for {len(batch)} items")

@@ -6,7 +6,6 @@ moved to the CPU as float32, so a response never depends on the batch it was com
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from torch import Tensor
 
 from model_training.bundle import Bundle
 from model_training.models.outputs import UpstreamOutput
+from model_training.precision import inference_autocast
 
 logger = logging.getLogger(__name__)
 
@@ -78,15 +78,10 @@ def split_batch(out: UpstreamOutput, log_probs: Tensor | None) -> list[ItemResul
 
 
 def warm_up(
-    run_batch: Callable[[Tensor, Tensor], list[ItemResult]], device: str, fp16: bool = False
+    run_batch: Callable[[Tensor, Tensor], list[ItemResult]], device: str, precision: str = "fp32"
 ) -> None:
     """Run two small batches (different lengths) so kernels and allocators are ready."""
-    autocast = (
-        torch.autocast("cuda", dtype=torch.float16)
-        if fp16 and device == "cuda"
-        else contextlib.nullcontext()
-    )
-    with torch.inference_mode(), autocast:
+    with torch.inference_mode(), inference_autocast(device, precision):
         for seconds in (1.0, 2.5):
             n = int(16_000 * seconds)
             waveforms = 0.01 * torch.randn(2, n, device=device)

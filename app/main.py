@@ -68,9 +68,9 @@ def create_app(settings: Settings | None = None, *, loader: BundleLoader | None 
         logger.info("loading bundle %s on %s", settings.model_dir, device)
         bundle = await service.run_torch(load, settings.model_dir, device)
         run_batch = make_run_batch(bundle)
-        fp16 = settings.fp16 and device == "cuda"
-        if settings.warmup:
-            await service.run_torch(warm_up, run_batch, device, fp16)
+        cpu_bf16 = settings.cpu_bf16 and bundle.config.get("quantize") is None
+        if settings.cpu_bf16 and not cpu_bf16:
+            logger.warning("HLSTM_CPU_BF16 ignored: the bundle is int8-quantized")
         batcher = DynamicBatcher(
             run_batch,
             max_batch_size=settings.resolved_max_batch_size(device),
@@ -80,18 +80,22 @@ def create_app(settings: Settings | None = None, *, loader: BundleLoader | None 
             samples_per_frame=SAMPLES_PER_FRAME,
             sample_rate=bundle.sample_rate,
             device=device,
-            fp16=fp16,
+            fp16=settings.fp16,
+            cpu_bf16=cpu_bf16,
             observer=metrics,
             executor=service.torch_worker.executor,
         )
+        if settings.warmup:
+            await service.run_torch(warm_up, run_batch, device, batcher.precision)
         batcher.start()
         service.bundle, service.batcher, service.ready = bundle, batcher, True
         metrics.model_ready.set(1)
         logger.info(
-            "ready: model %s (%s layers) on %s, batches of up to %d",
+            "ready: model %s (%s layers) on %s (%s), batches of up to %d",
             bundle.name,
             len(bundle.layer_names),
             device,
+            batcher.precision,
             batcher.max_batch_size,
         )
         try:

@@ -7,6 +7,9 @@ from __future__ import annotations
 import asyncio
 import threading
 
+import numpy as np
+import torch
+
 import app.audio
 import app.routes.audio
 from app.torch_worker import THREAD_NAME_PREFIX
@@ -64,3 +67,41 @@ async def test_load_warmup_batches_resampling_and_ctc_decoding_share_one_thread(
     assert kinds == {"load", "forward", "resample", "ctc_decode"}, threads
     names = {entry.split("@")[1] for entry in threads}
     assert len(names) == 1 and names.pop().startswith(THREAD_NAME_PREFIX), threads
+
+
+async def test_cpu_bf16_autocasts_batches_and_stays_close_to_fp32(app_client):
+    """HLSTM_CPU_BF16: batches run under CPU bf16 autocast; responses stay float32 and close."""
+    autocast_seen: list[bool] = []
+
+    def loader(path, device):
+        bundle = load_bundle(path, device)
+        forward = bundle.model.forward
+
+        def recording(*args, **kwargs):
+            autocast_seen.append(torch.is_autocast_enabled("cpu"))
+            return forward(*args, **kwargs)
+
+        bundle.model.forward = recording
+        return bundle
+
+    upload = make_wav(1.3, seed=4)
+
+    async def embed(**settings) -> np.ndarray:
+        async with app_client(loader, **settings) as (app, client):
+            r = await client.post(
+                "/v1/audio/embeddings",
+                files={"file": wav_file("a.wav", upload)},
+                data={"layers": "last", "pooling": "mean"},
+            )
+            assert r.status_code == 200, r.text
+            precision = app.state.service.batcher.precision
+        layer = r.json()["data"][0]["layers"][0]
+        return precision, np.asarray(layer["embedding"], dtype=np.float32)
+
+    p32, fp32 = await embed()
+    assert p32 == "fp32" and autocast_seen and not any(autocast_seen)
+    autocast_seen.clear()
+    p16, bf16 = await embed(cpu_bf16=True)
+    assert p16 == "bf16" and autocast_seen and all(autocast_seen)
+    assert not np.array_equal(fp32, bf16)
+    np.testing.assert_allclose(bf16, fp32, atol=0.05 * float(np.abs(fp32).max()) + 1e-3)

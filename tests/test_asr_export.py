@@ -213,3 +213,27 @@ def test_student_checkpoint_and_teacher_upstreams(manifest: Path, tmp_path) -> N
     assert config["upstream"]["config"]["num_classes"] == 0  # training head dropped
     with pytest.raises(ValueError, match="cannot bundle"):
         export_run(tmp_path / "run_teacher", tmp_path / "teacher_bundle")
+
+
+def test_evaluate_in_bf16_runs_under_autocast(student_run: Path, manifest: Path, monkeypatch):
+    """--precision bf16 evaluates under CPU autocast; fp16 on CPU and unknown names fail early."""
+    from model_training.training import evaluate as evaluate_module
+
+    recognizer = load_recognizer(student_run)
+    seen: list[bool] = []
+    transcribe = evaluate_module.transcribe_batch
+
+    def recording(*args, **kwargs):
+        seen.append(torch.is_autocast_enabled("cpu"))
+        return transcribe(*args, **kwargs)
+
+    monkeypatch.setattr(evaluate_module, "transcribe_batch", recording)
+    result = evaluate_module.evaluate_recognizer(recognizer, manifest, precision="bf16")
+    assert result["precision"] == "bf16" and result["cer"] is not None
+    assert seen and all(seen)
+    seen.clear()
+    evaluate_module.evaluate_recognizer(recognizer, manifest)
+    assert seen and not any(seen)
+    for bad in ("fp16", "int4"):
+        with pytest.raises(ValueError):
+            evaluate_module.evaluate_recognizer(recognizer, manifest, precision=bad)

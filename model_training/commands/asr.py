@@ -58,6 +58,9 @@ def evaluate(
     max_batch_size: int = typer.Option(32, "--max-batch-size", help="Utterances per batch."),
     details: Path | None = typer.Option(None, "--details", help="Write id/ref/hyp JSON lines."),
     output: Path | None = typer.Option(None, "--output", help="Also write the JSON here."),
+    precision: str = typer.Option(
+        "fp32", "--precision", help="fp32 | bf16 (CPU or CUDA autocast) | fp16 (CUDA)."
+    ),
 ) -> None:
     """Print JSON: wer, cer, utterances, audio_seconds, rtf, parameters."""
     from model_training.training.evaluate import evaluate as run_evaluate
@@ -69,6 +72,7 @@ def evaluate(
         max_batch_seconds=max_batch_seconds,
         max_batch_size=max_batch_size,
         details_path=details,
+        precision=precision,
     )
     text = json.dumps(result, indent=2)
     if output:
