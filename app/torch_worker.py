@@ -16,7 +16,6 @@ run here only; the decode pool does numpy/libsndfile/PyAV work.
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
@@ -39,8 +38,3 @@ class TorchWorker:
     def shutdown(self) -> None:
         """Stop accepting work; queued work is cancelled."""
         self.executor.shutdown(wait=False, cancel_futures=True)
-
-
-def on_torch_thread() -> bool:
-    """True inside the service's torch thread (for tests)."""
-    return threading.current_thread().name.startswith(THREAD_NAME_PREFIX)

@@ -24,6 +24,8 @@ from torch import Tensor, nn
 from torch.func import functional_call
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from model_training.models.cnn import length_mask
+
 _GATE_PARAMS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
 # Weightless (meta) one-layer LSTMs that functional_call runs with a layer's real weights;
 # per thread, because functional_call swaps parameters on the module while it runs.
@@ -46,7 +48,7 @@ def run_lstm(lstm: nn.Module, x: Tensor, lengths: Tensor) -> Tensor:
         return lstm(x)[0]  # nothing padded
     if x.device.type != "cpu" or type(lstm) is not nn.LSTM or lstm.proj_size:
         return run_packed(lstm, x, lengths)
-    valid = torch.arange(total, device=x.device)[None, :] < lengths[:, None]  # (B, T)
+    valid = length_mask(lengths, total)  # (B, T)
     if not lstm.bidirectional:
         return lstm(x)[0] * valid.unsqueeze(-1)
     steps = torch.arange(total, device=x.device)[None, :]
