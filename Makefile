@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 APT_STAMP := .venv-apt-done
 # Debian packages the tests and the synthetic corpus need (TTS engines, codecs, prometheus, compose).
 APT_PACKAGES := espeak-ng sox libsox-fmt-all ffmpeg libsndfile1 festival flite festvox-kallpc16k \
-	festvox-kdlpc16k festvox-us-slt-hts fortunes wordnet-base bible-kjv-text prometheus docker-compose
+	festvox-kdlpc16k festvox-us-slt-hts fortunes wordnet-base bible-kjv bible-kjv-text prometheus docker-compose
 PORT ?= 8000
 MODEL_DIR ?= models/default
 
@@ -16,7 +16,7 @@ MODEL_DIR ?= models/default
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -e '.[dev]'
+	$(PIP) install -q -e '.[dev,synth]'
 	touch $(STAMP)
 
 setup-apt:

