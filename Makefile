@@ -11,7 +11,7 @@ APT_PACKAGES := espeak-ng sox libsox-fmt-all ffmpeg libsndfile1 festival flite f
 PORT ?= 8000
 MODEL_DIR ?= models/default
 
-.PHONY: setup setup-apt run test test-slow lint lint-deploy bench demo-model clean
+.PHONY: setup setup-apt run test test-slow lint lint-deploy bench demo-model demo-publish clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -52,8 +52,15 @@ bench: setup
 	$(PY) benchmarks/model_speed.py --budget-s 240
 	$(PY) benchmarks/service_load.py
 
+# The demo pipeline (scripts/demo.mk): stages as file targets, two 1-thread jobs side by side,
+# resumable; sizes and paths are variables (HOURS=.. OUT=.. DATA=..). Results stay in OUT until
+# `make demo-publish` copies them to docs/ and models/.
+DEMO_JOBS ?= 2
 demo-model: setup
-	bash scripts/demo_model.sh
+	$(MAKE) -f scripts/demo.mk -j$(DEMO_JOBS) all
+
+demo-publish:
+	$(MAKE) -f scripts/demo.mk publish
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

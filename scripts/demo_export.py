@@ -46,7 +46,7 @@ training or model selection. Corpus card: `{corpus_card}`.
 
 ## Recipe
 
-    make demo-model        # scripts/demo_model.sh; every stage resumes
+    make demo-model        # scripts/demo.mk; every stage resumes
     # teacher:  configs/teacher/demo.yaml   (MFCC k-means units -> masked prediction)
     # student:  configs/distill/demo_{name}.yaml
     # CTC head: configs/ctc/demo.yaml, {ctc_steps} steps on {ctc_hours:g} h of the train split

@@ -1,7 +1,8 @@
-"""Build the demo comparison table from the pipeline's JSON outputs (scripts/demo_model.sh).
+"""Build the demo comparison table from the pipeline's JSON outputs (scripts/demo.mk).
 
-Reads, per row, the evaluation JSON of `hubert-lstm evaluate` on the dev split (and on
-test_unseen when present) and measures every recognizer's CPU throughput side by side on the
+Reads, per row, the evaluation JSON of `hubert-lstm evaluate` on the dev split and on the two
+halves of test_unseen (neural: the corpus's unseen Kokoro voices; classic: the reserved flite and
+festival voices) and measures every recognizer's CPU throughput side by side on the
 same inputs (interleaved repeats, medians). Writes results JSON and a Markdown table.
 """
 
@@ -26,7 +27,9 @@ ROWS: dict[str, str] = {
     "dkd_b1": "LSTM student, CE + DKD (beta 1)",
     "dkd_b4": "LSTM student, CE + DKD (beta 4)",
     "feature": "DistilHuBERT-style student (feature loss)",
+    "causal_dkd": "causal LSTM student (unidirectional, layer-norm CNN), CE + DKD (beta 1)",
 }
+TEST_SPLITS = ("test_neural", "test_classic")
 
 
 def _upstream_parameters(model: torch.nn.Module) -> int:
@@ -66,6 +69,7 @@ def main() -> None:
     )
     parser.add_argument("--long-steps", type=int, default=None, help="for the table's text")
     parser.add_argument("--long-hours", type=float, default=None, help="for the table's text")
+    parser.add_argument("--sizes", default="", help="the run's size variables, for the text")
     args = parser.parse_args()
 
     names = ["fbank", "teacher", *args.students.split()]
@@ -77,6 +81,7 @@ def main() -> None:
         for name in args.long.split()
     ]
     result = {
+        "sizes": args.sizes,
         "rows": rows,
         "long_rows": long_rows,
         "long_head": {"steps": args.long_steps, "hours": args.long_hours},
@@ -98,21 +103,20 @@ def main() -> None:
 def score_row(runs: Path, name: str, run: Path, speed: float | None) -> dict[str, Any]:
     """One table row from `hubert-lstm evaluate`'s JSON files for `name` and its run."""
     dev = json.loads((runs / "eval" / f"{name}.dev.json").read_text())
-    test_path = runs / "eval" / f"{name}.test_unseen.json"
-    test = json.loads(test_path.read_text()) if test_path.is_file() else None
     rec = load_recognizer(run)
-    return {
+    row: dict[str, Any] = {
         "name": name,
         "description": ROWS.get(name.removeprefix("long_"), name),
         "upstream_parameters": _upstream_parameters(rec.model),
         "total_parameters": rec.parameters,
         "dev_wer": dev["wer"],
         "dev_cer": dev["cer"],
-        "test_unseen_wer": test["wer"] if test else None,
-        "test_unseen_cer": test["cer"] if test else None,
-        "cpu_audio_seconds_per_second": speed,
-        "run": str(run),
     }
+    for split in TEST_SPLITS:
+        path = runs / "eval" / f"{name}.{split}.json"
+        test = json.loads(path.read_text()) if path.is_file() else {}
+        row[f"{split}_wer"], row[f"{split}_cer"] = test.get("wer"), test.get("cer")
+    return {**row, "cpu_audio_seconds_per_second": speed, "run": str(run)}
 
 
 def _pct(x: float | None) -> str:
@@ -121,31 +125,37 @@ def _pct(x: float | None) -> str:
 
 HEADER = """# Demo results: students, teacher and fbank on the synthetic corpus
 
-Produced by `make demo-model` (`scripts/demo_model.sh`, seed 0; this file is written by
-`scripts/demo_results.py` from the run's JSON). Everything below was trained and measured on
-a 2-core CPU in about two hours: a 10 h synthetic corpus (`hubert-lstm data synth --hours 10
---seed 0`), a mini HuBERT teacher (600 steps), students distilled for 300 steps on 2 h of it,
-and the same CTC downstream (configs/ctc/demo.yaml, 450 steps on 1 h) on every upstream. Dev =
-unseen sentences and voice variants; unseen voices = test_unseen (flite awb/rms/slt, festival
-slt HTS), never used for training or selection. WER/CER in %, greedy decoding, no LM.
-These are tiny-budget numbers for checking the pipeline, not the paper's setting.
+Produced by `make demo-model` (`scripts/demo.mk`; this file is written by
+`scripts/demo_results.py` from the run's JSON and published to docs/ by
+`make -f scripts/demo.mk publish`). Sizes of this run: {sizes}. Everything was trained and
+measured on a 2-core CPU. The same CTC downstream (configs/ctc/demo.yaml, frozen upstream) on
+every upstream. Dev = unseen sentences and voices; unseen neural = the corpus's four held-out
+Kokoro voices; unseen classic = the reserved flite awb/rms/slt and festival slt HTS voices;
+none of them used for training or selection. WER/CER in %, greedy decoding, no LM. These are
+small-budget numbers, not the paper's setting.
 
 """
 
 
+def _table(rows: list[dict[str, Any]], speed: bool) -> list[str]:
+    head = (
+        "| upstream | upstream params | dev WER % | dev CER % | unseen neural WER % "
+        "| unseen neural CER % | unseen classic WER % | unseen classic CER % |"
+    )
+    lines = [head + (" CPU audio s/s |" if speed else ""), "|---|" + "---:|" * (7 + speed)]
+    for r in rows:
+        cells = [r["description"], f"{r['upstream_parameters'] / 1e6:.2f}M"]
+        cells += [_pct(r[k]) for k in ("dev_wer", "dev_cer")]
+        cells += [_pct(r.get(f"{s}_{m}")) for s in TEST_SPLITS for m in ("wer", "cer")]
+        if speed:
+            cells.append(str(r["cpu_audio_seconds_per_second"]))
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
 def render_markdown(result: dict[str, Any]) -> str:
     """The results table as Markdown."""
-    lines = [
-        "| upstream | upstream params | dev WER % | dev CER % | unseen-voices WER % "
-        "| unseen-voices CER % | CPU audio s/s |",
-        "|---|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in result["rows"]:
-        lines.append(
-            f"| {r['description']} | {r['upstream_parameters'] / 1e6:.2f}M | {_pct(r['dev_wer'])} "
-            f"| {_pct(r['dev_cer'])} | {_pct(r['test_unseen_wer'])} | {_pct(r['test_unseen_cer'])} "
-            f"| {r['cpu_audio_seconds_per_second']} |"
-        )
+    lines = _table(result["rows"], speed=True)
     t = result["throughput"]
     lines.append("")
     lines.append(
@@ -158,21 +168,12 @@ def render_markdown(result: dict[str, Any]) -> str:
             "",
             "## A longer CTC head",
             "",
-            f"The best student by dev CER above and fbank again, each with a CTC head trained "
-            f"{head['steps']} steps on {head['hours']:g} h of the train split (same config "
-            "otherwise). The bundled model (`models/default`) is the student row.",
+            f"Each with a CTC head trained {head['steps']} steps on {head['hours']:g} h of the "
+            "train split (same config otherwise).",
             "",
-            "| upstream | upstream params | dev WER % | dev CER % | unseen-voices WER % "
-            "| unseen-voices CER % |",
-            "|---|---:|---:|---:|---:|---:|",
+            *_table(result["long_rows"], speed=False),
         ]
-        for r in result["long_rows"]:
-            lines.append(
-                f"| {r['description']} | {r['upstream_parameters'] / 1e6:.2f}M "
-                f"| {_pct(r['dev_wer'])} | {_pct(r['dev_cer'])} | {_pct(r['test_unseen_wer'])} "
-                f"| {_pct(r['test_unseen_cer'])} |"
-            )
-    return HEADER + "\n".join(lines) + "\n"
+    return HEADER.format(sizes=result.get("sizes") or "see the run") + "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Write the first HOURS of a manifest (the synthetic corpus is already in random order)."""
+"""Write part of a manifest: its first HOURS (the synthetic corpus is already in random order)
+and/or the utterances of some TTS engines (speaker ids are `engine:voice`)."""
 
 from __future__ import annotations
 
@@ -11,19 +12,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("src")
     parser.add_argument("dst")
-    parser.add_argument("--hours", type=float, required=True)
+    parser.add_argument("--hours", type=float, default=None, help="default: all")
+    parser.add_argument("--engine", nargs="+", default=None, help="keep only these engines")
     parser.add_argument("--sample-rate", type=int, default=16000)
     args = parser.parse_args()
     manifest = read_manifest(args.src)
-    budget = args.hours * 3600 * args.sample_rate
+    budget = float("inf") if args.hours is None else args.hours * 3600 * args.sample_rate
     entries, total = [], 0
     for i, entry in enumerate(manifest):
         if total >= budget:
             break
+        if args.engine is not None and (entry.speaker or "").split(":")[0] not in args.engine:
+            continue
         # paths in the new manifest are relative to its own folder
         rel = relative_path(manifest.audio_path(i), args.dst)
         entries.append(entry.__class__(**{**vars(entry), "path": rel}))
         total += entry.num_samples
+    if not entries:
+        raise SystemExit(f"{args.src}: nothing selected (engines {args.engine})")
     write_manifest(args.dst, entries)
     print(f"{len(entries)} utterances, {total / args.sample_rate / 3600:.2f} h -> {args.dst}")
 

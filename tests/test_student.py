@@ -136,3 +136,29 @@ def test_init_cnn_from_hf_hubert_copies_front_end(rng: torch.Generator) -> None:
         # projection width matches (16 -> 16): the projection is copied too
         proj_ref = hf.feature_projection(ref)
         torch.testing.assert_close(student(wave).hidden_states[0], proj_ref, atol=1e-5, rtol=1e-5)
+
+
+def test_layer_norm_student_takes_only_the_convolutions_of_a_group_norm_teacher() -> None:
+    hf = HubertModel(
+        HubertConfig(
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=32,
+            conv_dim=[c for c, _, _ in TINY_CONV_LAYERS],
+            conv_kernel=[k for _, k, _ in TINY_CONV_LAYERS],
+            conv_stride=[s for _, _, s in TINY_CONV_LAYERS],
+            feat_extract_norm="group",
+        )
+    )
+    causal = lstm_student_tiny(conv_norm="layer", bidirectional=False)
+    norms_before = {k: v.clone() for k, v in causal.state_dict().items() if "layer_norm" in k}
+    causal.init_cnn_from(hf)
+    source = hf.feature_extractor.state_dict()
+    for i in range(len(TINY_CONV_LAYERS)):
+        key = f"conv_layers.{i}.conv.weight"
+        torch.testing.assert_close(causal.feature_extractor.state_dict()[key], source[key])
+    for k, v in norms_before.items():  # its own layer norms stay as they were
+        torch.testing.assert_close(causal.state_dict()[k], v)
+    with pytest.raises(ValueError, match="missing"):  # strict copy names what is missing
+        causal.feature_extractor.load_from_hf_feature_encoder(hf.feature_extractor)

@@ -76,6 +76,7 @@ def evaluate(
     )
     text = json.dumps(result, indent=2)
     if output:
+        output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(text + "\n")
     typer.echo(text)
 

@@ -215,13 +215,17 @@ class ConvFeatureExtractor(nn.Module):
         x = x * mask.unsqueeze(1).to(x.dtype)
         return x.transpose(1, 2), cur
 
-    def load_from_hf_feature_encoder(self, encoder: nn.Module) -> None:
+    def load_from_hf_feature_encoder(self, encoder: nn.Module, conv_only: bool = False) -> None:
         """Copy weights from transformers' `HubertFeatureEncoder` (same names and shapes).
 
+        conv_only: copy the convolutions and keep this CNN's own (fresh) normalisation layers,
+        e.g. a layer-norm (causal) student initialised from a group-norm teacher.
         Raises ValueError listing mismatched tensors when the architectures differ.
         """
         source = encoder.state_dict()
         target = self.state_dict()
+        if conv_only:
+            target = {k: v for k, v in target.items() if ".conv." in f".{k}"}
         missing = sorted(set(target) - set(source))
         mismatched = [
             f"{k}: expected {tuple(v.shape)}, found {tuple(source[k].shape)}"
@@ -233,4 +237,4 @@ class ConvFeatureExtractor(nn.Module):
                 "teacher feature encoder does not match the student CNN; "
                 f"missing={missing} mismatched={mismatched}"
             )
-        self.load_state_dict({k: source[k] for k in target})
+        self.load_state_dict({k: source[k] for k in target}, strict=not conv_only)

@@ -155,11 +155,17 @@ class LSTMStudent(nn.Module):
         the widths match) into this student.
 
         Accepts a transformers `HubertModel`, anything with a `.hubert` attribute holding one
-        (e.g. our `HubertTeacher`), or the feature encoder itself.
+        (e.g. our `HubertTeacher`), or the feature encoder itself. A layer-norm (causal) student
+        of a teacher without per-layer norms (HuBERT Base's group norm) takes the convolutions
+        only and keeps its own fresh layer norms.
         """
         hubert = getattr(teacher, "hubert", teacher)
         encoder = getattr(hubert, "feature_extractor", hubert)
-        self.feature_extractor.load_from_hf_feature_encoder(encoder)
+        source_has_layer_norms = any(
+            k.endswith("1.layer_norm.weight") for k in encoder.state_dict()
+        )
+        conv_only = self.config.conv_norm == "layer" and not source_has_layer_norms
+        self.feature_extractor.load_from_hf_feature_encoder(encoder, conv_only=conv_only)
         projection = getattr(hubert, "feature_projection", None)
         if projection is None:
             return
