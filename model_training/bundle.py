@@ -100,6 +100,7 @@ def save_bundle(
     provenance: dict[str, Any] | None = None,
     card: str = "",
     quantize: str | None = None,
+    weights_dtype: str = "float32",
 ) -> Path:
     """Write a bundle directory; returns its path.
 
@@ -109,11 +110,14 @@ def save_bundle(
         provenance: free-form facts (data, recipe, scores, commands) stored in config.json.
         card: the model card (Markdown).
         quantize: None or "int8" (dynamic quantization applied when the bundle is loaded).
+        weights_dtype: "float32", or "float16" to halve the file (cast back to float32 at load).
     """
     if (head is None) != (vocab is None):
         raise ValueError("a CTC head needs its vocabulary and vice versa")
     if quantize not in QUANTIZE_CHOICES:
         raise ValueError(f"quantize must be one of {QUANTIZE_CHOICES}, found {quantize!r}")
+    if weights_dtype not in WEIGHTS_DTYPES:
+        raise ValueError(f"weights_dtype must be one of {list(WEIGHTS_DTYPES)}: {weights_dtype!r}")
     if head is not None and vocab is not None and head.config.vocab_size != len(vocab):
         raise ValueError(
             f"head has {head.config.vocab_size} outputs, vocabulary has {len(vocab)} entries"
@@ -125,8 +129,10 @@ def save_bundle(
     if head is not None:
         tensors.update({f"head.{k}": v for k, v in head.state_dict().items()})
     # safetensors refuses shared or non-contiguous storage; copies are cheap at this size
+    store = WEIGHTS_DTYPES[weights_dtype]
     tensors = {
-        k: v.detach().to("cpu", torch.float32).contiguous().clone() for k, v in tensors.items()
+        k: v.detach().to("cpu", store if v.is_floating_point() else v.dtype).contiguous().clone()
+        for k, v in tensors.items()
     }
     save_file(tensors, str(out / WEIGHTS_FILE), metadata={"format": BUNDLE_FORMAT})
     config = {
@@ -141,6 +147,7 @@ def save_bundle(
         "layer_names": list(slim.layer_names),
         "hidden_dims": list(slim.hidden_dims),
         "quantize": quantize,
+        "weights_dtype": weights_dtype,
         "parameters": sum(p.numel() for p in slim.parameters())
         + (sum(p.numel() for p in head.parameters()) if head is not None else 0),
         "provenance": provenance or {},
@@ -148,6 +155,9 @@ def save_bundle(
     (out / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
     (out / CARD_FILE).write_text(card or f"# {config['name']}\n\nNo model card was provided.\n")
     return out
+
+
+WEIGHTS_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
 
 def read_bundle_config(path: str | Path) -> dict[str, Any]:
@@ -190,7 +200,7 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
         state = weights
     else:
         state = {k.removeprefix("upstream."): v for k, v in weights.items()}
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict(state, strict=True)  # copies into the float32 parameters (casts fp16)
     model.eval()
     if config.get("quantize") == "int8":
         if torch.device(device).type != "cpu":

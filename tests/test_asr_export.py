@@ -237,3 +237,27 @@ def test_evaluate_in_bf16_runs_under_autocast(student_run: Path, manifest: Path,
     for bad in ("fp16", "int4"):
         with pytest.raises(ValueError):
             evaluate_module.evaluate_recognizer(recognizer, manifest, precision=bad)
+
+
+def test_fp16_weights_halve_the_file_load_as_float32_and_measure_the_change(
+    student_run: Path, manifest: Path, tmp_path
+) -> None:
+    export_run(student_run, tmp_path / "fp32")
+    provenance = export_run(
+        student_run, tmp_path / "fp16", eval_manifest=manifest, weights_dtype="float16"
+    )
+    size = {d: (tmp_path / d / "model.safetensors").stat().st_size for d in ("fp32", "fp16")}
+    assert size["fp16"] < 0.6 * size["fp32"]
+    assert read_bundle_config(tmp_path / "fp16")["weights_dtype"] == "float16"
+    assert set(provenance["fp16_weights"]) == {"wer", "cer"}
+    assert provenance["evaluation"]["fp16_weights"]["utterances"] == 3
+    full, half = load_bundle(tmp_path / "fp32").model, load_bundle(tmp_path / "fp16").model
+    assert all(p.dtype == torch.float32 for p in half.parameters())
+    waves, lengths = _inputs()
+    with torch.no_grad():
+        _, lp_full = full(waves, lengths)
+        _, lp_half = half(waves, lengths)
+    assert not torch.equal(lp_full, lp_half)  # the weights were really rounded ...
+    torch.testing.assert_close(lp_half, lp_full, atol=2e-2, rtol=0)  # ... and stay close
+    with pytest.raises(ValueError, match="weights_dtype"):
+        export_run(student_run, tmp_path / "bf", weights_dtype="bfloat16")

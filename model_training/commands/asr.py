@@ -91,12 +91,19 @@ def export(
     name: str | None = typer.Option(None, "--name", help="Model id (default: the folder name)."),
     speed_seconds: float = typer.Option(30.0, "--speed-seconds", help="Audio for the timing."),
     repeats: int = typer.Option(5, "--repeats", help="Timed passes per precision (median)."),
+    weights_dtype: str = typer.Option(
+        "float32", "--weights-dtype", help="float32 | float16 (half the file, cast at load)."
+    ),
 ) -> None:
     """Write a serving bundle (config.json, model.safetensors, README.md) from a run."""
     from model_training.training.export import export_run
 
     if quantize not in (None, "int8"):
         raise typer.BadParameter(f"expected int8, found {quantize!r}", param_hint="--quantize")
+    if weights_dtype not in ("float32", "float16"):
+        raise typer.BadParameter(
+            f"expected float32 or float16: {weights_dtype!r}", param_hint="--weights-dtype"
+        )
     provenance = export_run(
         run,
         out,
@@ -105,12 +112,15 @@ def export(
         name=name,
         speed_seconds=speed_seconds,
         repeats=repeats,
+        weights_dtype=weights_dtype,
     )
-    summary = {"bundle": str(out), "quantize": quantize}
+    summary = {"bundle": str(out), "quantize": quantize, "weights_dtype": weights_dtype}
     ev = provenance.get("evaluation")
     if ev:
         summary["eval"] = {
-            k: {m: ev[k][m] for m in ("wer", "cer", "rtf")} for k in ("fp32", "int8") if k in ev
+            k: {m: ev[k][m] for m in ("wer", "cer", "rtf")}
+            for k in ("fp32", "int8", "fp16_weights")
+            if k in ev
         }
     q = provenance.get("quantization")
     if q:

@@ -225,6 +225,7 @@ def export_run(
     name: str | None = None,
     speed_seconds: float = 30.0,
     repeats: int = 5,
+    weights_dtype: str = "float32",
 ) -> dict[str, Any]:
     """Write a bundle from a fine-tuning run (its `best/` head); returns the provenance dict.
 
@@ -233,6 +234,8 @@ def export_run(
         quantize: None or "int8" (then speed and, with `eval_manifest`, WER are compared).
         eval_manifest: utterances to score fp32 (and int8) on; recorded in the card.
         speed_seconds: audio used for the speed comparison (eval manifest, else noise).
+        weights_dtype: "float16" stores the weights at half size (cast back at load); with
+            `eval_manifest` the WER/CER change of that rounding is measured and recorded.
     """
     if quantize not in (None, "int8"):
         raise ValueError(f"quantize must be None or 'int8', found {quantize!r}")
@@ -278,6 +281,13 @@ def export_run(
                 q["wer_change"] = int8_eval["wer"] - fp32_eval["wer"]
                 q["cer_change"] = int8_eval["cer"] - fp32_eval["cer"]
         provenance["quantization"] = q
+    if weights_dtype == "float16" and fp32_eval is not None:
+        half_rec = Recognizer(fp16_rounded(model), rec.vocab, "run", rec.path, rec.parameters)
+        half_eval = evaluate_recognizer(half_rec, manifest)
+        provenance["evaluation"]["fp16_weights"] = half_eval
+        provenance["fp16_weights"] = {
+            k: None if half_eval[k] is None else half_eval[k] - fp32_eval[k] for k in ("wer", "cer")
+        }
     out = Path(out_dir)
     name = name or out.name
     up_params = sum(p.numel() for p in upstream.parameters())
@@ -302,10 +312,21 @@ def export_run(
         provenance=provenance,
         card=model_card(name, facts, provenance),
         quantize=quantize,
+        weights_dtype=weights_dtype,
     )
-    _verify(out, model, quantize)
+    _verify(out, fp16_rounded(model) if weights_dtype == "float16" else model, quantize)
     logger.info("wrote bundle %s (quantize=%s)", out, quantize)
     return provenance
+
+
+def fp16_rounded(model: nn.Module) -> nn.Module:
+    """A copy of `model` whose floating-point weights went through float16 and back."""
+    rounded = copy.deepcopy(model)
+    with torch.no_grad():
+        for t in [*rounded.parameters(), *rounded.buffers()]:
+            if t.is_floating_point():
+                t.copy_(t.half().float())
+    return rounded.eval()
 
 
 @torch.inference_mode()
