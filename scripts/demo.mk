@@ -31,6 +31,7 @@ JOB_THREADS ?= 1
 SOLO_THREADS ?= 2
 STUDENTS ?= ce kd dkd_b1 dkd_b4 feature causal_dkd
 PUBLISH_DOCS ?= docs
+PUBLISH_MODELS ?= models
 
 SIZES := HOURS=$(HOURS) TEACHER_STEPS=$(TEACHER_STEPS) DISTILL_HOURS=$(DISTILL_HOURS) \
   DISTILL_STEPS=$(DISTILL_STEPS) CTC_HOURS=$(CTC_HOURS) CTC_STEPS=$(CTC_STEPS) SEED=$(SEED)
@@ -40,10 +41,11 @@ STAGE := bash scripts/stage.sh
 TORCH1 := env OMP_NUM_THREADS=$(JOB_THREADS)
 HEADS := fbank teacher $(STUDENTS)
 
-.PHONY: all heads students results publish
-all: results
+.PHONY: all heads students results bundles publish
+all: results bundles
+bundles: $(S)/export_default $(S)/export_streaming
 students: $(STUDENTS:%=$(S)/distill_%)
-heads: $(HEADS:%=$(S)/eval_%)
+heads: $(HEADS:%=$(S)/eval_ctc_%)
 results: $(S)/results
 
 # ---- corpus and manifests
@@ -95,18 +97,34 @@ $(HEADS:%=$(S)/ctc_%):
 	  --dev $(DATA)/dev.tsv --out $(OUT)/$(@F) --config configs/ctc/demo.yaml \
 	  --max-steps $(CTC_STEPS) --feature-cache memory --set num_threads=$(JOB_THREADS)
 
-$(S)/eval_%: $(S)/ctc_%
+# eval_RUN: the run's WER/CER on dev and both halves of test_unseen -> eval/RUN.SPLIT.json
+$(S)/eval_%: $(S)/%
 	$(STAGE) $@ bash -c 'for split in dev test_neural test_classic; do \
 	  manifest=$(M)/$$split.tsv; [ $$split = dev ] && manifest=$(DATA)/dev.tsv; \
-	  $(TORCH1) $(HL) evaluate --model $(OUT)/ctc_$* --manifest $$manifest \
+	  $(TORCH1) $(HL) evaluate --model $(OUT)/$* --manifest $$manifest \
 	    --output $(OUT)/eval/$*.$$split.json || exit 1; done'
 
+# ---- the bundles (under OUT): the best bidirectional run and the causal one, float16 weights
+DEFAULT_CANDIDATES ?= $(filter-out causal_dkd,$(STUDENTS:%=ctc_%))
+STREAMING_CANDIDATES ?= ctc_causal_dkd
+EXPORT := $(PY) scripts/demo_export.py --runs $(OUT) --fp16-manifest $(M)/test_neural.tsv \
+  --corpus-card $(DATA)/card.json
+$(S)/export_default: $(DEFAULT_CANDIDATES:%=$(S)/eval_%)
+	$(STAGE) $@ $(TORCH1) $(EXPORT) --candidates "$(DEFAULT_CANDIDATES)" \
+	  --out $(OUT)/bundles/default --name hubert-lstm-demo \
+	  --description "A bidirectional LSTM student (HuBERT-shaped 128-channel CNN, 3 BiLSTM x 256) with a CTC head"
+$(S)/export_streaming: $(STREAMING_CANDIDATES:%=$(S)/eval_%)
+	$(STAGE) $@ $(TORCH1) $(EXPORT) --candidates "$(STREAMING_CANDIDATES)" \
+	  --out $(OUT)/bundles/streaming --name hubert-lstm-demo-streaming \
+	  --description "A causal LSTM student (layer-norm 128-channel CNN, 3 unidirectional LSTM x 256) with a CTC head, for streaming"
+
 # ---- the table (under OUT) and publishing it
-$(S)/results: $(HEADS:%=$(S)/eval_%)
+$(S)/results: $(HEADS:%=$(S)/eval_ctc_%)
 	$(STAGE) $@ $(PY) scripts/demo_results.py --runs $(OUT) --students "$(STUDENTS)" \
 	  --out-json $(OUT)/results.json --out-md $(OUT)/results.md --threads $(SOLO_THREADS) \
 	  --sizes "$(strip $(SIZES))"
 
-publish: $(S)/results
+publish: $(S)/results $(S)/export_default $(S)/export_streaming
 	cp $(OUT)/results.md $(PUBLISH_DOCS)/results.md
-	@echo "published $(OUT)/results.md to $(PUBLISH_DOCS)/results.md"
+	for b in default streaming; do rm -rf $(PUBLISH_MODELS)/$$b && cp -r $(OUT)/bundles/$$b $(PUBLISH_MODELS)/$$b; done
+	@echo "published $(OUT)/results.md to $(PUBLISH_DOCS)/ and the bundles to $(PUBLISH_MODELS)/"

@@ -102,7 +102,7 @@ def main() -> None:
 
 def score_row(runs: Path, name: str, run: Path, speed: float | None) -> dict[str, Any]:
     """One table row from `hubert-lstm evaluate`'s JSON files for `name` and its run."""
-    dev = json.loads((runs / "eval" / f"{name}.dev.json").read_text())
+    dev = json.loads((runs / "eval" / f"{run.name}.dev.json").read_text())
     rec = load_recognizer(run)
     row: dict[str, Any] = {
         "name": name,
@@ -113,7 +113,7 @@ def score_row(runs: Path, name: str, run: Path, speed: float | None) -> dict[str
         "dev_cer": dev["cer"],
     }
     for split in TEST_SPLITS:
-        path = runs / "eval" / f"{name}.{split}.json"
+        path = runs / "eval" / f"{run.name}.{split}.json"
         test = json.loads(path.read_text()) if path.is_file() else {}
         row[f"{split}_wer"], row[f"{split}_cer"] = test.get("wer"), test.get("cer")
     return {**row, "cpu_audio_seconds_per_second": speed, "run": str(run)}
