@@ -16,13 +16,7 @@ from typing import TypeVar
 from fastapi import Request
 from torch import Tensor
 
-from app.audio import (
-    DecodedAudio,
-    check_content_type,
-    decode_audio,
-    needs_resampling,
-    to_model_rate,
-)
+from app.audio import DecodedAudio, check_content_type, decode_audio
 from app.batcher import BatcherStoppedError, BatcherTimeoutError, DynamicBatcher, QueueFullError
 from app.errors import APIError, NotReadyError, OverloadedError, RequestTimeoutError
 from app.inference import ItemResult
@@ -79,25 +73,22 @@ class Service:
         return await asyncio.get_running_loop().run_in_executor(self.decode_pool, fn, *args)
 
     async def run_torch(self, fn: Callable[..., T], *args: object) -> T:
-        """Run torch work (resampling, CTC decoding) on the service's one torch thread."""
+        """Run torch work (model loading, CTC decoding) on the service's one torch thread."""
         return await self.torch_worker.run(fn, *args)
 
     async def decode_upload(
         self, data: bytes, content_type: str | None, param: str = "file"
     ) -> DecodedAudio:
-        """Check the media type, decode in the pool, resample on the torch thread.
+        """Check the media type; decode and resample (libsoxr, no torch) in the pool.
 
         Counts decode failures by reason.
         """
         max_seconds = self.settings.max_audio_seconds
         try:
             check_content_type(content_type, param)
-            audio = await self.run_in_pool(
-                lambda: decode_audio(data, max_seconds=max_seconds, param=param, resample=False)
+            return await self.run_in_pool(
+                lambda: decode_audio(data, max_seconds=max_seconds, param=param)
             )
-            if needs_resampling(audio):
-                return await self.run_torch(to_model_rate, audio, param)
-            return to_model_rate(audio, param)
         except APIError as exc:
             self.metrics.on_decode_failure(exc.reason)
             raise

@@ -1,5 +1,5 @@
-"""The one thread that runs the service's torch compute: model load, warm-up, batches,
-resampling and CTC decoding.
+"""The one thread that runs the service's torch compute: model load, warm-up, batches and CTC
+decoding.
 
 Why one thread: PyTorch's CPU wheels parallelise with GNU OpenMP, which keeps a team of worker
 threads per thread that ever opened a parallel region. Once the process holds more OpenMP
@@ -10,7 +10,8 @@ BiLSTM x 256 over 250 frames on a worker thread): 26.5 ms when that thread is th
 running torch; 70 ms once the main thread had run the LSTM too; 69 ms once two decode threads
 had run `torchaudio.functional.resample`. In the service (decode pool + loader + batcher) that
 made a request's inference 3x slower than the bare model. Parallel torch operators therefore
-run here only; the decode pool does numpy/libsndfile/PyAV work.
+run here only; the decode pool does numpy/libsndfile/PyAV/libsoxr work (resampling moved to
+libsoxr, `app/resample.py`, and with it off the torch thread).
 """
 
 from __future__ import annotations
