@@ -162,6 +162,23 @@ class _Sink:
                 reason="channels",
             )
 
+    def check_declared(self, seconds: float, rate: int, channels: int, how: str) -> None:
+        """413 before decoding when a header's length passes the duration or sample limit."""
+        lim = self.limits
+        if seconds > lim.max_seconds:
+            raise _too_long(seconds, lim.max_seconds, self.param, how=how)
+        self._check_samples(seconds * rate * channels, rate, channels)
+
+    def _check_samples(self, count: float, rate: int, channels: int) -> None:
+        limit = self.limits.max_decoded_samples
+        if count > limit:
+            raise PayloadTooLargeError(
+                f"audio decodes to more than {limit} samples (frames x channels; this file: "
+                f"{channels} channels at {rate} Hz); send it at a lower sample rate or in mono",
+                param=self.param,
+                reason="too_many_samples",
+            )
+
     def add(self, block: np.ndarray, rate: int) -> None:
         """One block of decoded float32 samples, channels first: (C, n)."""
         channels, n = block.shape
@@ -170,14 +187,7 @@ class _Sink:
         if lim.deadline is not None and time.monotonic() > lim.deadline:
             raise RequestTimeoutError("request not processed in time (while decoding)")
         self.channel_samples += channels * n
-        if self.channel_samples > lim.max_decoded_samples:
-            raise PayloadTooLargeError(
-                f"audio decodes to more than {lim.max_decoded_samples} samples (frames x "
-                f"channels; this file: {channels} channels at {rate} Hz); send it at a lower "
-                "sample rate or in mono",
-                param=self.param,
-                reason="too_many_samples",
-            )
+        self._check_samples(self.channel_samples, rate, channels)
         self.seconds += n / rate
         if self.seconds > lim.max_seconds:
             raise _TooLong(self.seconds)
@@ -292,8 +302,8 @@ def _decode_soundfile(
             rate, channels, frames = f.samplerate, f.channels, f.frames
             sink.check_format(rate, channels)
             # libsndfile's frame count is what the bytes hold (it clamps lying headers).
-            if 0 < frames < (1 << 62) and frames / rate > limits.max_seconds:
-                raise _too_long(frames / rate, limits.max_seconds, param, how="measured")
+            if 0 < frames < (1 << 62):
+                sink.check_declared(frames / rate, rate, channels, how="measured")
             while True:
                 block = f.read(_SF_BLOCK, dtype="float32", always_2d=True)
                 if block.shape[0] == 0:
@@ -381,10 +391,12 @@ def _decode_pyav(data: bytes, found: Container, limits: DecodeLimits, param: str
             raise UnsupportedMediaError(
                 f"unsupported audio codec {codec!r}", param=param, reason="unsupported_codec"
             )
-        sink.check_format(stream.codec_context.sample_rate or 0, stream.codec_context.channels)
+        rate, channels = stream.codec_context.sample_rate or 0, stream.codec_context.channels
+        if rate > 0 and channels > 0:  # else known only from the frames (checked there)
+            sink.check_format(rate, channels)
         declared = _declared_seconds(container, stream)
-        if declared is not None and declared > limits.max_seconds:
-            raise _too_long(declared, limits.max_seconds, param, how="declared")
+        if declared is not None:
+            sink.check_declared(declared, max(rate, 1), max(channels, 1), how="declared")
         try:
             for frame in container.decode(stream):
                 sink.add(_planar_float(frame), frame.sample_rate)

@@ -11,12 +11,13 @@ import logging
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TypeVar
 
 from fastapi import Request
 from torch import Tensor
 
-from app.audio import DecodedAudio, check_content_type, decode_audio
+from app.audio import DecodedAudio, DecodeLimits, check_content_type, decode_audio
 from app.batcher import BatcherStoppedError, BatcherTimeoutError, DynamicBatcher, QueueFullError
 from app.errors import APIError, NotReadyError, OverloadedError, RequestTimeoutError
 from app.inference import ItemResult
@@ -76,19 +77,33 @@ class Service:
         """Run torch work (model loading, CTC decoding) on the service's one torch thread."""
         return await self.torch_worker.run(fn, *args)
 
+    def decode_limits(self, deadline: float | None = None) -> DecodeLimits:
+        """The per-upload decoding budget from the settings (`deadline`: time.monotonic())."""
+        s = self.settings
+        return DecodeLimits(
+            max_seconds=s.max_audio_seconds,
+            min_sample_rate=s.min_sample_rate,
+            max_sample_rate=s.max_sample_rate,
+            max_channels=s.max_channels,
+            max_decoded_samples=s.max_decoded_samples,
+            deadline=deadline,
+        )
+
     async def decode_upload(
-        self, data: bytes, content_type: str | None, param: str = "file"
+        self,
+        data: bytes,
+        content_type: str | None,
+        param: str = "file",
+        deadline: float | None = None,
     ) -> DecodedAudio:
         """Check the media type; decode and resample (libsoxr, no torch) in the pool.
 
         Counts decode failures by reason.
         """
-        max_seconds = self.settings.max_audio_seconds
+        limits = self.decode_limits(deadline)
         try:
             check_content_type(content_type, param)
-            return await self.run_in_pool(
-                lambda: decode_audio(data, max_seconds=max_seconds, param=param)
-            )
+            return await self.run_in_pool(partial(decode_audio, data, limits, param=param))
         except APIError as exc:
             self.metrics.on_decode_failure(exc.reason)
             raise

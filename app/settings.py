@@ -56,6 +56,17 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(60.0, gt=0, description="Queue wait + compute, then 504.")
     max_upload_mb: float = Field(50.0, gt=0, description="Request body limit (413 beyond).")
     max_audio_seconds: float = Field(600.0, gt=0, description="Per-file duration limit (413).")
+    min_sample_rate: int = Field(8_000, ge=1, description="Lowest source sample rate in Hz (400).")
+    max_sample_rate: int = Field(
+        192_000, ge=16_000, description="Highest source sample rate in Hz (400)."
+    )
+    max_channels: int = Field(8, ge=1, description="Most channels in an upload (400).")
+    max_decoded_samples: int = Field(
+        115_200_000,
+        ge=16_000,
+        description="Most samples one upload may decode to, frames x channels (413 beyond; "
+        "the default is 600 s of 96 kHz stereo). Bounds decoding work where seconds do not.",
+    )
     max_files: int = Field(32, ge=1, description="Most files in one embeddings request.")
     api_key: SecretStr | None = Field(
         None, description="When set, /v1 routes need `Authorization: Bearer <key>`."

@@ -47,3 +47,12 @@ async def test_other_playlists_are_415_at_once(app_client, payload):
     async with app_client() as (_, client):
         r = await client.post(URL, files={"file": wav_file("a.m3u8", payload)})
         assert r.status_code == 415, r.text
+
+
+async def test_odd_rates_are_200_and_out_of_bounds_rates_400(app_client):
+    """A WAV at 44101 Hz made the old resampler allocate gigabytes, then fail with a 500."""
+    async with app_client(max_sample_rate=96_000) as (_, client):
+        r = await client.post(URL, files={"file": wav_file("a.wav", make_wav(1.0, rate=44_101))})
+        assert r.status_code == 200, r.text
+        r = await client.post(URL, files={"file": wav_file("a.wav", make_wav(0.5, rate=96_001))})
+        assert r.status_code == 400 and "96001 Hz" in r.json()["error"]["message"]
