@@ -17,6 +17,7 @@ libsoxr, `app/resample.py`, and with it off the torch thread).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
@@ -33,8 +34,12 @@ class TorchWorker:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=THREAD_NAME_PREFIX)
 
     async def run(self, fn: Callable[..., T], *args: object) -> T:
-        """Run `fn(*args)` on the torch thread without blocking the event loop."""
-        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+        """Run `fn(*args)` on the torch thread without blocking the event loop (in a copy of the
+        caller's context, so log lines carry its request id)."""
+        context = contextvars.copy_context()
+        return await asyncio.get_running_loop().run_in_executor(
+            self.executor, context.run, fn, *args
+        )
 
     def shutdown(self) -> None:
         """Stop accepting work; queued work is cancelled."""

@@ -76,5 +76,6 @@ def test_openai_client_transcriptions(server_url, tmp_path):
     bad = openai.OpenAI(base_url=f"{server_url}/v1", api_key="wrong", max_retries=0)
     with pytest.raises(openai.AuthenticationError), audio.open("rb") as f:
         bad.audio.transcriptions.create(model="tiny-test", file=f)
-    with pytest.raises(openai.BadRequestError):
+    with pytest.raises(openai.APIStatusError) as info:  # no allowed container: 415
         client.audio.transcriptions.create(model="tiny-test", file=("x.wav", b"not audio"))
+    assert info.value.status_code == 415

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends
 
-from app.dependencies import get_service, require_api_key
+from app.dependencies import get_service
 from app.errors import APIError
 from app.service import Service
 from model_training.bundle import Bundle
 
-router = APIRouter(prefix="/v1", tags=["models"], dependencies=[Depends(require_api_key)])
+# The API key is checked by app.middleware.AdmissionMiddleware, before any route runs.
+router = APIRouter(prefix="/v1", tags=["models"])
 
 
 class ModelNotFoundError(APIError):
