@@ -185,3 +185,27 @@ def test_sigterm_finishes_in_flight_requests_refuses_new_ones_and_exits_0(
         assert served.proc.wait(30) == 0, served.output()
     finally:
         served.stop()
+
+
+def test_sigterm_grace_period_bounds_the_wait_for_slow_requests(tiny_bundle_dir, tmp_path):
+    """A request that would take 20 s more does not hold the process past the grace period."""
+    served = Served(
+        tiny_bundle_dir,
+        tmp_path,
+        HLSTM_MAX_BATCH_SIZE="8",
+        HLSTM_MAX_WAIT_MS="20000",
+        HLSTM_SHUTDOWN_GRACE_S="1",
+    )
+    try:
+        results: list = []
+        thread = threading.Thread(target=_post, args=(served.url, make_wav(1.0), results))
+        thread.start()
+        time.sleep(0.7)
+        started = time.monotonic()
+        served.proc.send_signal(signal.SIGTERM)
+        assert served.proc.wait(30) == 0, served.output()
+        assert time.monotonic() - started < 8
+        thread.join(30)
+        assert results and results[0] != 200  # cut off (connection closed or an error)
+    finally:
+        served.stop()
