@@ -216,6 +216,10 @@ class _Sink:
                 "the file contains no audio samples", param=self.param, reason="empty"
             )
         samples = np.concatenate(self._out) if self._out else np.zeros(0, np.float32)
+        if not np.isfinite(samples).all():  # finite input of absurd size can still overflow
+            raise AudioDecodeError(
+                "the audio's sample values are out of range", param=self.param, reason="non_finite"
+            )
         if samples.size < MIN_SAMPLES:
             raise AudioDecodeError(
                 f"audio too short: {samples.size} samples at 16 kHz, need at least "
@@ -386,12 +390,13 @@ def _decode_pyav(data: bytes, found: Container, limits: DecodeLimits, param: str
                 "the file has no audio stream", param=param, reason="no_audio_stream"
             )
         stream = container.streams.audio[0]
-        codec = stream.codec_context.codec.name if stream.codec_context.codec else "unknown"
+        context = stream.codec_context
+        codec = context.codec.name if context is not None and context.codec else "unknown"
         if not codec_allowed(codec):
             raise UnsupportedMediaError(
                 f"unsupported audio codec {codec!r}", param=param, reason="unsupported_codec"
             )
-        rate, channels = stream.codec_context.sample_rate or 0, stream.codec_context.channels
+        rate, channels = context.sample_rate or 0, context.channels
         if rate > 0 and channels > 0:  # else known only from the frames (checked there)
             sink.check_format(rate, channels)
         declared = _declared_seconds(container, stream)

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 logger = logging.getLogger(__name__)
@@ -121,6 +122,41 @@ class BodyReadTimeout(StarletteHTTPException):
             "in all)",
             headers={"Connection": "close"},
         )
+
+
+class ErrorDetail(BaseModel):
+    """What went wrong: a machine-readable type, a message, and the parameter at fault."""
+
+    type: str
+    message: str
+    param: str | None = None
+
+
+class ErrorBody(BaseModel):
+    """The error envelope every non-2xx response carries (OpenAI's shape)."""
+
+    error: ErrorDetail
+
+
+_ERROR_DESCRIPTIONS = {
+    400: "Undecodable audio (corrupt, empty, too short, NaN, sample rate or channels out of "
+    "bounds) or a bad parameter.",
+    401: "Missing or wrong API key (checked before the body is read).",
+    404: "No such model.",
+    408: "The request body was not received in time.",
+    413: "Upload, audio duration, decoded samples, request audio or response size over a limit.",
+    415: "Not an allowed container or codec, or not an audio media type.",
+    422: "Request validation failed.",
+    429: "Too many uploads or queued requests; retry after `Retry-After` seconds.",
+    431: "Too many or too large request headers.",
+    503: "Not ready (starting, draining, or the batch worker died).",
+    504: "The request's deadline passed (decode, queue, inference, formatting).",
+}
+
+
+def error_responses(*codes: int) -> dict[int | str, dict]:
+    """OpenAPI `responses` entries for the given error status codes (the envelope schema)."""
+    return {code: {"model": ErrorBody, "description": _ERROR_DESCRIPTIONS[code]} for code in codes}
 
 
 def error_body(error_type: str, message: str, param: str | None = None) -> dict:

@@ -15,7 +15,7 @@ from torch import Tensor
 from app.admission import release_upload_slot
 from app.audio import DecodedAudio
 from app.dependencies import get_service
-from app.errors import BadRequestError, PayloadTooLargeError
+from app.errors import BadRequestError, PayloadTooLargeError, error_responses
 from app.formatting import json_body, srt_body, verbose_json_body, vtt_body
 from app.inference import ItemResult
 from app.service import Service, unless_disconnected
@@ -23,7 +23,11 @@ from model_training.bundle import Bundle
 from model_training.decoding import greedy_ctc_decode
 
 # The API key is checked before the body is read, by app.middleware.AdmissionMiddleware.
-router = APIRouter(prefix="/v1/audio", tags=["audio"])
+router = APIRouter(
+    prefix="/v1/audio",
+    tags=["audio"],
+    responses=error_responses(400, 401, 408, 413, 415, 422, 429, 431, 503, 504),
+)
 
 ResponseFormat = Literal["json", "text", "verbose_json", "srt", "vtt"]
 Granularity = Literal["word", "segment"]
@@ -38,18 +42,30 @@ class ORJSONResponse(Response):
         return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
-@router.post("/transcriptions", response_model=None)
+_TEXT = {"schema": {"type": "string"}}
+
+
+@router.post(
+    "/transcriptions",
+    response_model=None,
+    responses={
+        200: {
+            "description": "The transcript in the requested `response_format`.",
+            "content": {"application/json": {}, "text/plain": _TEXT, "text/vtt": _TEXT},
+        }
+    },
+)
 async def create_transcription(
     request: Request,
     file: Annotated[UploadFile, File(description="Audio file (wav, flac, mp3, ogg, webm, m4a).")],
+    timestamp_granularities: Annotated[
+        list[Granularity], Form(alias="timestamp_granularities[]", default_factory=list)
+    ],
     model: Annotated[str | None, Form(description="Accepted for compatibility.")] = None,
     language: Annotated[str | None, Form(description="Accepted; the model is English.")] = None,
     prompt: Annotated[str | None, Form(description="Accepted and ignored.")] = None,
     response_format: Annotated[ResponseFormat, Form()] = "json",
     temperature: Annotated[float | None, Form(ge=0.0, le=1.0)] = None,
-    timestamp_granularities: Annotated[
-        list[Granularity] | None, Form(alias="timestamp_granularities[]")
-    ] = None,
     service: Service = Depends(get_service),
 ) -> Response:
     """Transcribe one file with greedy CTC decoding (no language model)."""
@@ -181,7 +197,7 @@ def _expected_values(
 @router.post("/embeddings", response_model=None)
 async def create_embeddings(
     request: Request,
-    file: Annotated[list[UploadFile], File(description="One or more audio files.")],
+    file: Annotated[list[UploadFile], File(description="One or more audio files.", min_length=1)],
     model: Annotated[str | None, Form(description="Accepted for compatibility.")] = None,
     layers: Annotated[str, Form(description="all | last | comma list, e.g. 0,2,-1")] = "last",
     pooling: Annotated[Literal["none", "mean"], Form()] = "none",
