@@ -16,11 +16,8 @@ from __future__ import annotations
 import io
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,7 +29,7 @@ from hypothesis import strategies as st
 
 from app.audio import DecodeLimits, decode_audio
 from app.errors import APIError
-from tests.test_app_support import test_settings, tiny_bundle_dir  # noqa: F401
+from tests.test_app_support import serve_in_thread, test_settings, tiny_bundle_dir  # noqa: F401
 
 schemathesis = pytest.importorskip("schemathesis")
 from schemathesis.checks import not_a_server_error  # noqa: E402
@@ -133,27 +130,10 @@ def test_decoder_on_wav_headers_with_any_rate_and_channel_count(rate, channels):
 
 @pytest.fixture(scope="module")
 def served_url(tiny_bundle_dir) -> Iterator[str]:
-    import uvicorn
-
     from app.main import create_app
 
-    app = create_app(test_settings(tiny_bundle_dir, max_audio_seconds=30.0))
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(app, lifespan="on", log_config=None, access_log=False)
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(30)
-        sock.close()
+    with serve_in_thread(create_app(test_settings(tiny_bundle_dir, max_audio_seconds=30.0))) as url:
+        yield url
 
 
 def _openapi() -> dict:

@@ -129,27 +129,29 @@ def test_oversized_request_head_is_refused(server):
     assert httpx.get(f"{server.url}/readyz").status_code == 200
 
 
+def _upload_head(content_length: int, authorization: str = "") -> bytes:
+    """The head of a multipart transcription upload (the body is up to the test)."""
+    return (
+        "POST /v1/audio/transcriptions HTTP/1.1\r\nHost: x\r\n"
+        + (f"Authorization: {authorization}\r\n" if authorization else "")
+        + "Content-Type: multipart/form-data; boundary=b\r\n"
+        + f"Content-Length: {content_length}\r\n\r\n"
+    ).encode()
+
+
 def test_auth_is_checked_before_the_body_is_read(server):
     """A 45 MB upload without a key gets its 401 at once; the body is never waited for."""
-    head = (
-        "POST /v1/audio/transcriptions HTTP/1.1\r\nHost: x\r\n"
-        "Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 45000000\r\n\r\n"
-    )
     with server.connect() as sock:
-        sock.sendall(head.encode() + b"--b\r\n")
+        sock.sendall(_upload_head(45_000_000) + b"--b\r\n")
         data, took = _read_response(sock, timeout=8)
     assert data.startswith(b"HTTP/1.1 401"), data[:200]
     assert took < 3
 
 
 def test_a_stalled_body_gets_408(server):
-    head = (
-        "POST /v1/audio/transcriptions HTTP/1.1\r\nHost: x\r\n"
-        f"Authorization: Bearer {API_KEY}\r\n"
-        "Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 100000\r\n\r\n"
-    )
+    head = _upload_head(100_000, f"Bearer {API_KEY}")
     with server.connect() as sock:
-        sock.sendall(head.encode() + b'--b\r\nContent-Disposition: form-data; name="file"')
+        sock.sendall(head + b'--b\r\nContent-Disposition: form-data; name="file"')
         data, took = _read_response(sock, timeout=10)
     assert data.startswith(b"HTTP/1.1 408"), data[:300]
     assert took < 6

@@ -45,20 +45,36 @@ def test_rng_state_roundtrip() -> None:
     assert (random.random(), float(np.random.rand()), float(torch.rand(1))) == first
 
 
+# One tiny deterministic training run, shared by the test and the process it kills.
+_RUN = """
+import torch
+from torch import nn
+from model_training.training.common import Checkpointer, TrainState, linear_warmup_decay
+
+def make():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 256), nn.Tanh(), nn.Linear(256, 64))
+    opt = torch.optim.AdamW(model.parameters(), lr=0.01)
+    return model, opt, linear_warmup_decay(opt, 2, 8)
+
+def step(model, opt, sched):
+    x = torch.randn(8, 64)  # consumes the global RNG: resume must restore it
+    model(x).pow(2).mean().backward()
+    opt.step()
+    opt.zero_grad()
+    sched.step()
+"""
+
+
+def _run_functions():
+    """`make()` and `step(model, opt, sched)` from `_RUN`, for the tests in this process."""
+    namespace: dict = {}
+    exec(_RUN, namespace)
+    return namespace["make"], namespace["step"]
+
+
 def test_checkpointer_resume_is_exact_and_prunes(tmp_path) -> None:
-    def make():
-        torch.manual_seed(0)
-        model = nn.Linear(4, 2)
-        opt = torch.optim.AdamW(model.parameters(), lr=0.1)
-        return model, opt, linear_warmup_decay(opt, 2, 8)
-
-    def step(model, opt, sched):
-        x = torch.randn(3, 4)  # consumes the global RNG: resume must restore it
-        model(x).pow(2).mean().backward()
-        opt.step()
-        opt.zero_grad()
-        sched.step()
-
+    make, step = _run_functions()
     model, opt, sched = make()
     ckpt = Checkpointer(tmp_path, keep_last=2)
     for s in range(1, 7):
@@ -88,26 +104,6 @@ def test_device_and_amp_helpers_on_cpu() -> None:
     with pytest.raises(ValueError, match="precision"):
         autocast(dev, "int8")
 
-
-# One tiny deterministic training run, shared by the test and the process it kills.
-_RUN = """
-import torch
-from torch import nn
-from model_training.training.common import Checkpointer, TrainState, linear_warmup_decay
-
-def make():
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(64, 256), nn.Tanh(), nn.Linear(256, 64))
-    opt = torch.optim.AdamW(model.parameters(), lr=0.01)
-    return model, opt, linear_warmup_decay(opt, 2, 8)
-
-def step(model, opt, sched):
-    x = torch.randn(8, 64)  # consumes the global RNG: resume must restore it
-    model(x).pow(2).mean().backward()
-    opt.step()
-    opt.zero_grad()
-    sched.step()
-"""
 
 _KILLED_WRITER = """
 import io, os, sys, time
@@ -144,9 +140,7 @@ def test_sigkill_during_a_checkpoint_write_keeps_the_previous_one_and_resume_exa
     import sys
     from pathlib import Path
 
-    namespace: dict = {}
-    exec(_RUN, namespace)
-    make, step = namespace["make"], namespace["step"]
+    make, step = _run_functions()
     root = str(Path(__file__).resolve().parents[1])
     script = _KILLED_WRITER.format(root=root, run=_RUN, directory=str(tmp_path))
     proc = subprocess.Popen(

@@ -20,7 +20,7 @@ from app.formatting import json_body, srt_body, verbose_json_body, vtt_body
 from app.inference import ItemResult
 from app.service import Service, unless_disconnected
 from model_training.bundle import Bundle
-from model_training.decoding import greedy_ctc_decode
+from model_training.decoding import Transcript, greedy_ctc_decode
 
 # The API key is checked before the body is read, by app.middleware.AdmissionMiddleware.
 router = APIRouter(
@@ -82,16 +82,26 @@ async def create_transcription(
         transcript = await service.run_torch(
             greedy_ctc_decode, result.log_probs, bundle.vocab, 1.0 / bundle.frame_rate
         )
-    transcript.duration = audio.duration
+        transcript.duration = audio.duration
+        # Formatting off the event loop too, so the deadline covers it.
+        return await service.run_in_pool(
+            _transcription_response, transcript, response_format, timestamp_granularities
+        )
+
+
+def _transcription_response(
+    transcript: Transcript, response_format: str, granularities: list[str]
+) -> Response:
+    """The transcript in the requested format."""
     if response_format == "json":
         return ORJSONResponse(json_body(transcript))
     if response_format == "verbose_json":
-        granularities = set(timestamp_granularities or ["segment"])
+        wanted = set(granularities or ["segment"])
         return ORJSONResponse(
             verbose_json_body(
                 transcript,
-                include_words="word" in granularities,
-                include_segments="segment" in granularities,
+                include_words="word" in wanted,
+                include_segments="segment" in wanted,
             )
         )
     if response_format == "srt":
