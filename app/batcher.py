@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import math
 import threading
@@ -93,6 +94,8 @@ class _Item:
     num_frames: int
     future: asyncio.Future
     enqueued: float  # time.monotonic()
+    # The submitter's context: log lines about this item carry its request id (if any).
+    context: contextvars.Context = field(default_factory=contextvars.copy_context)
 
 
 class DynamicBatcher(Generic[R]):
@@ -329,7 +332,14 @@ class DynamicBatcher(Generic[R]):
             try:
                 results = await loop.run_in_executor(self._executor, self._compute, batch)
             except Exception as exc:  # the batch failed; its callers get the error
-                logger.exception("batch of %d failed", len(batch))
+                for i, item in enumerate(batch):  # one line per request, in its context
+                    item.context.run(
+                        logger.error,
+                        "batch of %d failed: %s",
+                        len(batch),
+                        exc,
+                        exc_info=exc if i == 0 else None,
+                    )
                 if self.observer is not None:
                     self.observer.on_batch_error(type(exc).__name__)
                 for item in batch:

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import secrets
+from fastapi import Depends
+from starlette.requests import HTTPConnection
 
-from fastapi import Depends, Request
-
-from app.errors import AuthenticationError
+from app.admission import check_api_key
 from app.service import Service
 from app.settings import Settings
 
 
-def get_service(request: Request) -> Service:
+def get_service(connection: HTTPConnection) -> Service:
     """The app's `Service` (built by `create_app`)."""
-    return request.app.state.service
+    return connection.app.state.service
 
 
 def get_settings(service: Service = Depends(get_service)) -> Settings:
@@ -21,17 +20,11 @@ def get_settings(service: Service = Depends(get_service)) -> Settings:
     return service.settings
 
 
-def require_api_key(request: Request, settings: Settings = Depends(get_settings)) -> None:
-    """401 unless `Authorization: Bearer <key>` matches the configured key (if any)."""
-    if settings.api_key is None:
-        return
-    expected = settings.api_key.get_secret_value()
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token:
-        raise AuthenticationError(
-            "missing API key: send `Authorization: Bearer <key>`",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
-    if not secrets.compare_digest(token.strip().encode(), expected.encode()):
-        raise AuthenticationError("invalid API key", headers={"WWW-Authenticate": "Bearer"})
+def require_api_key(connection: HTTPConnection, settings: Settings = Depends(get_settings)) -> None:
+    """401 unless `Authorization: Bearer <key>` matches the configured key (if any).
+
+    HTTP routes under /v1 are checked earlier, before their body is read, by
+    `app.middleware.AdmissionMiddleware`; this dependency is for routes it does not see
+    (WebSockets).
+    """
+    check_api_key(connection.headers.get("authorization", ""), settings.api_key)

@@ -1,9 +1,11 @@
 """Every error the service returns, mapped to status codes in one place.
 
 Responses have the OpenAI shape `{"error": {"type", "message", "param"}}`. Status codes (design
-section 5): 400 undecodable audio or bad parameter, 401 missing/invalid API key, 413 upload or
-duration over the limit, 415 unsupported media, 422 validation, 429 queue full (with
-`Retry-After`), 503 not ready, 504 request timeout. Anything unexpected becomes a 500 with a
+section 5): 400 undecodable audio or bad parameter, 401 missing/invalid API key, 408 body not
+received in time, 413 upload, duration, decoded samples or response over the limit, 415
+unsupported media or container or codec, 422 validation, 429 queue full or too many uploads
+at once (with `Retry-After`), 431 request headers too large, 503 not ready, 504 request
+deadline passed. Anything unexpected becomes a 500 with a
 generic message (details go to the log, not to the client).
 """
 
@@ -15,6 +17,7 @@ from collections.abc import Callable
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 logger = logging.getLogger(__name__)
@@ -109,6 +112,53 @@ class UploadTooLarge(StarletteHTTPException):
         super().__init__(413, f"request body over the limit of {limit_bytes} bytes")
 
 
+class BodyReadTimeout(StarletteHTTPException):
+    """408, raised from inside the body stream when the client pauses or takes too long."""
+
+    def __init__(self, idle_s: float, total_s: float) -> None:
+        super().__init__(
+            408,
+            f"request body not received in time (pauses over {idle_s:g} s or over {total_s:g} s "
+            "in all)",
+            headers={"Connection": "close"},
+        )
+
+
+class ErrorDetail(BaseModel):
+    """What went wrong: a machine-readable type, a message, and the parameter at fault."""
+
+    type: str
+    message: str
+    param: str | None = None
+
+
+class ErrorBody(BaseModel):
+    """The error envelope every non-2xx response carries (OpenAI's shape)."""
+
+    error: ErrorDetail
+
+
+_ERROR_DESCRIPTIONS = {
+    400: "Undecodable audio (corrupt, empty, too short, NaN, sample rate or channels out of "
+    "bounds) or a bad parameter.",
+    401: "Missing or wrong API key (checked before the body is read).",
+    404: "No such model.",
+    408: "The request body was not received in time.",
+    413: "Upload, audio duration, decoded samples, request audio or response size over a limit.",
+    415: "Not an allowed container or codec, or not an audio media type.",
+    422: "Request validation failed.",
+    429: "Too many uploads or queued requests; retry after `Retry-After` seconds.",
+    431: "Too many or too large request headers.",
+    503: "Not ready (starting, draining, or the batch worker died).",
+    504: "The request's deadline passed (decode, queue, inference, formatting).",
+}
+
+
+def error_responses(*codes: int) -> dict[int | str, dict]:
+    """OpenAPI `responses` entries for the given error status codes (the envelope schema)."""
+    return {code: {"model": ErrorBody, "description": _ERROR_DESCRIPTIONS[code]} for code in codes}
+
+
 def error_body(error_type: str, message: str, param: str | None = None) -> dict:
     """The JSON error envelope."""
     return {"error": {"type": error_type, "message": message, "param": param}}
@@ -132,10 +182,12 @@ _HTTP_TYPES = {
     401: "authentication_error",
     404: "not_found_error",
     405: "method_not_allowed",
+    408: "request_timeout",
     413: "payload_too_large",
     415: "unsupported_media_type",
     422: "validation_error",
     429: "rate_limit_error",
+    431: "request_header_fields_too_large",
     503: "service_unavailable",
     504: "timeout_error",
 }
@@ -176,6 +228,6 @@ def install_error_handlers(app: FastAPI, on_error: Callable[[str], None] | None 
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        logger.exception("unhandled error on %s %s", request.method, request.url.path)
+        # Logged (with its request id) by app.middleware.RequestContextMiddleware.
         count("internal_error")
         return error_response(500, "internal_error", "internal server error")

@@ -17,12 +17,13 @@ import torch
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
+from app.admission import UploadGate
 from app.batcher import DynamicBatcher
 from app.errors import install_error_handlers
 from app.inference import make_run_batch, warm_up
 from app.logs import configure_logging
 from app.metrics import Metrics
-from app.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
+from app.middleware import AdmissionMiddleware, RequestContextMiddleware
 from app.routes import audio, health, models
 from app.service import Service
 from app.settings import SAMPLES_PER_FRAME, Settings
@@ -55,6 +56,7 @@ def create_app(settings: Settings | None = None, *, loader: BundleLoader | None 
         metrics=metrics,
         decode_pool=ThreadPoolExecutor(settings.decode_workers, thread_name_prefix="hlstm-decode"),
         torch_worker=TorchWorker(),
+        upload_gate=UploadGate(settings.max_concurrent_uploads, settings.upload_queue_limit),
     )
 
     @asynccontextmanager
@@ -103,7 +105,9 @@ def create_app(settings: Settings | None = None, *, loader: BundleLoader | None 
         finally:
             service.ready = False
             metrics.model_ready.set(0)
-            await batcher.stop(drain_timeout_s=min(settings.request_timeout_s, 30.0))
+            await batcher.stop(
+                drain_timeout_s=min(settings.request_timeout_s, settings.shutdown_grace_s)
+            )
             service.decode_pool.shutdown(wait=False, cancel_futures=True)
             service.torch_worker.shutdown()
             torch.set_num_threads(previous_threads)
@@ -120,8 +124,11 @@ def create_app(settings: Settings | None = None, *, loader: BundleLoader | None 
     app.include_router(health.router)
     app.include_router(models.router)
     app.include_router(audio.router)
-    # Last added = outermost: request context sees every response, the size limit included.
-    app.add_middleware(BodySizeLimitMiddleware, limit_bytes=settings.max_upload_bytes)
+    # Last added = outermost: request context sees every response, admission's included;
+    # CORS answers preflights before admission asks for a key.
+    app.add_middleware(
+        AdmissionMiddleware, settings=settings, gate=service.upload_gate, on_error=metrics.on_error
+    )
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -53,10 +53,72 @@ class Settings(BaseSettings):
     )
     max_wait_ms: float = Field(10.0, ge=0, description="Longest wait for a batch to fill.")
     queue_limit: int = Field(256, ge=1, description="Requests waiting for a batch; 429 beyond.")
-    request_timeout_s: float = Field(60.0, gt=0, description="Queue wait + compute, then 504.")
+    request_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        description="One deadline per request, from its body being read to its response: "
+        "decoding, queue, inference and formatting (504 beyond).",
+    )
     max_upload_mb: float = Field(50.0, gt=0, description="Request body limit (413 beyond).")
+    max_concurrent_uploads: int = Field(
+        8,
+        ge=1,
+        description="Upload requests being read and decoded at once. Bounds the memory "
+        "uploads hold before they reach the batch queue.",
+    )
+    upload_queue_limit: int = Field(
+        64,
+        ge=0,
+        description="Upload requests waiting (before their body is read) for one of those "
+        "slots, each up to HLSTM_REQUEST_TIMEOUT_S; 429 with Retry-After beyond.",
+    )
+    max_headers: int = Field(64, ge=1, description="Most request headers (431 beyond).")
+    max_header_bytes: int = Field(
+        16_384,
+        ge=1_024,
+        description="Largest request head (request line + headers) in bytes; `hubert-lstm serve` "
+        "passes it to uvicorn's h11 parser, which answers 400 beyond.",
+    )
+    header_timeout_s: float = Field(
+        10.0, gt=0, description="Time a connection has to send a request's headers (closed after)."
+    )
+    body_idle_timeout_s: float = Field(
+        15.0, gt=0, description="Longest pause while sending a request body (408 after)."
+    )
+    body_timeout_s: float = Field(
+        120.0, gt=0, description="Longest time to send a whole request body (408 after)."
+    )
+    keep_alive_timeout_s: int = Field(
+        5, ge=1, description="Idle keep-alive connections are closed after this many seconds."
+    )
+    shutdown_grace_s: float = Field(
+        30.0,
+        ge=0,
+        description="On SIGTERM: how long in-flight requests may take to finish before the "
+        "process exits anyway.",
+    )
     max_audio_seconds: float = Field(600.0, gt=0, description="Per-file duration limit (413).")
+    min_sample_rate: int = Field(8_000, ge=1, description="Lowest source sample rate in Hz (400).")
+    max_sample_rate: int = Field(
+        192_000, ge=16_000, description="Highest source sample rate in Hz (400)."
+    )
+    max_channels: int = Field(8, ge=1, description="Most channels in an upload (400).")
+    max_decoded_samples: int = Field(
+        115_200_000,
+        ge=16_000,
+        description="Most samples one upload may decode to, frames x channels (413 beyond; "
+        "the default is 600 s of 96 kHz stereo). Bounds decoding work where seconds do not.",
+    )
     max_files: int = Field(32, ge=1, description="Most files in one embeddings request.")
+    max_request_audio_seconds: float = Field(
+        600.0, gt=0, description="Most audio in one request, all its files together (413)."
+    )
+    max_embedding_values: int = Field(
+        16_777_216,
+        ge=1,
+        description="Most numbers one embeddings response may hold, files x frames x dims of the "
+        "layers asked (413 beyond: pool or pick layers). 2^24 = 64 MiB as float32.",
+    )
     api_key: SecretStr | None = Field(
         None, description="When set, /v1 routes need `Authorization: Bearer <key>`."
     )

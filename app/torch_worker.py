@@ -1,5 +1,5 @@
-"""The one thread that runs the service's torch compute: model load, warm-up, batches,
-resampling and CTC decoding.
+"""The one thread that runs the service's torch compute: model load, warm-up, batches and CTC
+decoding.
 
 Why one thread: PyTorch's CPU wheels parallelise with GNU OpenMP, which keeps a team of worker
 threads per thread that ever opened a parallel region. Once the process holds more OpenMP
@@ -10,12 +10,14 @@ BiLSTM x 256 over 250 frames on a worker thread): 26.5 ms when that thread is th
 running torch; 70 ms once the main thread had run the LSTM too; 69 ms once two decode threads
 had run `torchaudio.functional.resample`. In the service (decode pool + loader + batcher) that
 made a request's inference 3x slower than the bare model. Parallel torch operators therefore
-run here only; the decode pool does numpy/libsndfile/PyAV work.
+run here only; the decode pool does numpy/libsndfile/PyAV/libsoxr work (resampling moved to
+libsoxr, `app/resample.py`, and with it off the torch thread).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
@@ -32,8 +34,12 @@ class TorchWorker:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=THREAD_NAME_PREFIX)
 
     async def run(self, fn: Callable[..., T], *args: object) -> T:
-        """Run `fn(*args)` on the torch thread without blocking the event loop."""
-        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+        """Run `fn(*args)` on the torch thread without blocking the event loop (in a copy of the
+        caller's context, so log lines carry its request id)."""
+        context = contextvars.copy_context()
+        return await asyncio.get_running_loop().run_in_executor(
+            self.executor, context.run, fn, *args
+        )
 
     def shutdown(self) -> None:
         """Stop accepting work; queued work is cancelled."""

@@ -115,6 +115,8 @@ class Server:
     log_path: Path
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
+    #: Run `hubert-lstm serve` (app/server.py: h11 limits, header timeout) instead of bare uvicorn.
+    cli: bool = False
 
     @property
     def url(self) -> str:
@@ -126,6 +128,11 @@ class Server:
             "--host", "127.0.0.1", "--port", str(self.port),
             "--log-level", "warning", "--no-access-log",
         ]  # fmt: skip
+        if self.cli:
+            cmd = [
+                sys.executable, "-m", "model_training.cli", "serve", "--host", "127.0.0.1",
+                "--port", str(self.port), "--model-dir", self.env["HLSTM_MODEL_DIR"],
+            ]  # fmt: skip
         log_file = self.log_path.open("wb")
         self.proc = subprocess.Popen(
             cmd, cwd=REPO_ROOT, env={**os.environ, **self.env}, stdout=log_file, stderr=log_file

@@ -241,7 +241,9 @@ def _flac(seconds: float) -> bytes:
 
 
 BAD_INPUTS = {
+    # These start with an MPEG sync word: sniffed as MP3, then undecodable (400).
     "random_bytes": (np.random.default_rng(1).bytes(10_000), 400),
+    "random_bytes_no_magic": (np.random.default_rng(0).bytes(10_000), 415),
     "truncated_flac": (_flac(2.0)[:9000], 400),
     "zero_length": (b"", 400),
     "one_sample": (make_wav(1 / 16_000), 400),

@@ -4,16 +4,17 @@
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 from collections.abc import Iterator
 
 import pytest
-import uvicorn
 
 from app.main import create_app
-from tests.test_app_support import make_wav, test_settings, tiny_bundle_dir  # noqa: F401
+from tests.test_app_support import (  # noqa: F401
+    make_wav,
+    serve_in_thread,
+    test_settings,
+    tiny_bundle_dir,
+)
 
 openai = pytest.importorskip("openai")
 
@@ -22,26 +23,9 @@ API_KEY = "test-key"
 
 @pytest.fixture
 def server_url(tiny_bundle_dir) -> Iterator[str]:
-    """Start uvicorn in a thread on a free loopback port; yield its base URL."""
-    app = create_app(test_settings(tiny_bundle_dir, api_key=API_KEY))
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(app, lifespan="on", log_config=None, access_log=False)
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(30)
-        sock.close()
+    """The app (with an API key) under uvicorn on loopback."""
+    with serve_in_thread(create_app(test_settings(tiny_bundle_dir, api_key=API_KEY))) as url:
+        yield url
 
 
 def test_openai_client_transcriptions(server_url, tmp_path):
@@ -76,5 +60,6 @@ def test_openai_client_transcriptions(server_url, tmp_path):
     bad = openai.OpenAI(base_url=f"{server_url}/v1", api_key="wrong", max_retries=0)
     with pytest.raises(openai.AuthenticationError), audio.open("rb") as f:
         bad.audio.transcriptions.create(model="tiny-test", file=f)
-    with pytest.raises(openai.BadRequestError):
+    with pytest.raises(openai.APIStatusError) as info:  # no allowed container: 415
         client.audio.transcriptions.create(model="tiny-test", file=("x.wav", b"not audio"))
+    assert info.value.status_code == 415

@@ -10,7 +10,6 @@ import threading
 import numpy as np
 import torch
 
-import app.audio
 import app.routes.audio
 from app.torch_worker import THREAD_NAME_PREFIX
 from model_training.bundle import load_bundle
@@ -30,13 +29,8 @@ def _recording(fn, threads: list[str], what: str):
     return wrapped
 
 
-async def test_load_warmup_batches_resampling_and_ctc_decoding_share_one_thread(
-    app_client, monkeypatch
-):
+async def test_load_warmup_batches_and_ctc_decoding_share_one_thread(app_client, monkeypatch):
     threads: list[str] = []
-    monkeypatch.setattr(
-        app.audio.AF, "resample", _recording(app.audio.AF.resample, threads, "resample")
-    )
     monkeypatch.setattr(
         app.routes.audio,
         "greedy_ctc_decode",
@@ -64,7 +58,7 @@ async def test_load_warmup_batches_resampling_and_ctc_decoding_share_one_thread(
         )
     assert [r.status_code for r in responses] == [200] * 4, [r.text for r in responses]
     kinds = {entry.split("@")[0] for entry in threads}
-    assert kinds == {"load", "forward", "resample", "ctc_decode"}, threads
+    assert kinds == {"load", "forward", "ctc_decode"}, threads
     names = {entry.split("@")[1] for entry in threads}
     assert len(names) == 1 and names.pop().startswith(THREAD_NAME_PREFIX), threads
 

@@ -100,7 +100,8 @@ def test_duration_limit_while_streaming_without_header_duration(tmp_path):
         check=True,
         timeout=60,
     )
-    with pytest.raises(PayloadTooLargeError, match="decoding stopped"):
+    # The real length is counted from the packets left (demuxed, not decoded).
+    with pytest.raises(PayloadTooLargeError, match=r"is 3\.0 s long"):
         decode_audio(webm.read_bytes(), max_seconds=2.0)
 
 
@@ -125,7 +126,7 @@ def test_flac_streaminfo_claiming_hours_is_413():
     ("name", "make", "reason"),
     [
         ("empty", lambda: b"", "empty"),
-        ("random", lambda: np.random.default_rng(0).bytes(4096), "undecodable"),
+        ("truncated_mp3_header", lambda: b"\xff\xfb\x90\x00" + bytes(200), "undecodable"),
         ("truncated_flac", lambda: encode(sine(1.0, 16_000), 16_000, "FLAC")[:3000], "corrupt"),
         ("one_sample", lambda: encode(np.zeros(1, np.float32), 16_000, "WAV"), "too_short"),
         ("nan", lambda: encode(np.full(800, np.nan, np.float32), 16_000, "WAV", "FLOAT"), None),
@@ -134,6 +135,7 @@ def test_flac_streaminfo_claiming_hours_is_413():
     ],
 )
 def test_bad_inputs_raise_400(name, make, reason):
+    # Random bytes are a 415 (not an allowed container): tests/test_audio_containers.py.
     with pytest.raises(AudioDecodeError) as info:
         decode_audio(make(), max_seconds=600)
     assert info.value.status_code == 400

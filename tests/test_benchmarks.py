@@ -238,3 +238,20 @@ def test_lstm_cpu_quick(tmp_path: Path) -> None:
     assert scenarios == ["one_thread", "main_thread_ran_lstm", "decode_threads_resampled"]
     assert doc["thread_scenarios"][0]["slowdown_vs_one_thread"] == 1.0
     assert out.with_suffix(".md").exists()
+
+
+@pytest.mark.slow
+def test_soak_quick(tmp_path: Path) -> None:
+    from model_training.testing import build_tiny_bundle
+
+    bundle = build_tiny_bundle(tmp_path / "bundle")
+    out = tmp_path / "soak.json"
+    run_script("soak.py", "--quick", "--model-dir", str(bundle), "--out", str(out), timeout=600)
+    doc = json.loads(out.read_text())
+    check_header(doc, "soak")
+    summary = doc["summary"]
+    assert summary["requests"] > 0 and summary["server_errors_5xx"] == 0
+    assert summary["not_ready_samples"] == 0
+    hostile = summary["by_kind"]["hostile"]
+    assert set(hostile["concat"]["statuses"]) == {"415"}
+    assert all(s["rss_mb"] > 0 and s["open_fds"] > 0 for s in doc["samples"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+from functools import partial
 from typing import Annotated, Literal
 
 import orjson
@@ -11,14 +12,22 @@ from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.responses import PlainTextResponse, Response
 from torch import Tensor
 
-from app.dependencies import get_service, require_api_key
-from app.errors import BadRequestError
+from app.admission import release_upload_slot
+from app.audio import DecodedAudio
+from app.dependencies import get_service
+from app.errors import BadRequestError, PayloadTooLargeError, error_responses
 from app.formatting import json_body, srt_body, verbose_json_body, vtt_body
 from app.inference import ItemResult
 from app.service import Service, unless_disconnected
-from model_training.decoding import greedy_ctc_decode
+from model_training.bundle import Bundle
+from model_training.decoding import Transcript, greedy_ctc_decode
 
-router = APIRouter(prefix="/v1/audio", tags=["audio"], dependencies=[Depends(require_api_key)])
+# The API key is checked before the body is read, by app.middleware.AdmissionMiddleware.
+router = APIRouter(
+    prefix="/v1/audio",
+    tags=["audio"],
+    responses=error_responses(400, 401, 408, 413, 415, 422, 429, 431, 503, 504),
+)
 
 ResponseFormat = Literal["json", "text", "verbose_json", "srt", "vtt"]
 Granularity = Literal["word", "segment"]
@@ -33,18 +42,30 @@ class ORJSONResponse(Response):
         return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
-@router.post("/transcriptions", response_model=None)
+_TEXT = {"schema": {"type": "string"}}
+
+
+@router.post(
+    "/transcriptions",
+    response_model=None,
+    responses={
+        200: {
+            "description": "The transcript in the requested `response_format`.",
+            "content": {"application/json": {}, "text/plain": _TEXT, "text/vtt": _TEXT},
+        }
+    },
+)
 async def create_transcription(
     request: Request,
     file: Annotated[UploadFile, File(description="Audio file (wav, flac, mp3, ogg, webm, m4a).")],
+    timestamp_granularities: Annotated[
+        list[Granularity], Form(alias="timestamp_granularities[]", default_factory=list)
+    ],
     model: Annotated[str | None, Form(description="Accepted for compatibility.")] = None,
     language: Annotated[str | None, Form(description="Accepted; the model is English.")] = None,
     prompt: Annotated[str | None, Form(description="Accepted and ignored.")] = None,
     response_format: Annotated[ResponseFormat, Form()] = "json",
     temperature: Annotated[float | None, Form(ge=0.0, le=1.0)] = None,
-    timestamp_granularities: Annotated[
-        list[Granularity] | None, Form(alias="timestamp_granularities[]")
-    ] = None,
     service: Service = Depends(get_service),
 ) -> Response:
     """Transcribe one file with greedy CTC decoding (no language model)."""
@@ -53,23 +74,34 @@ async def create_transcription(
         raise BadRequestError(
             f"model {bundle.name!r} has no CTC head: it serves embeddings only", param="model"
         )
-    data = await file.read()
-    audio = await service.decode_upload(data, file.content_type)
-    result = await unless_disconnected(request, service.infer(audio.waveform))
-    assert result.log_probs is not None
-    transcript = await service.run_torch(
-        greedy_ctc_decode, result.log_probs, bundle.vocab, 1.0 / bundle.frame_rate
-    )
-    transcript.duration = audio.duration
+    async with service.deadline() as deadline:
+        audio = await service.decode_upload(await file.read(), file.content_type, "file", deadline)
+        release_upload_slot(request)
+        result = await unless_disconnected(request, service.infer(audio.waveform, deadline))
+        assert result.log_probs is not None
+        transcript = await service.run_torch(
+            greedy_ctc_decode, result.log_probs, bundle.vocab, 1.0 / bundle.frame_rate
+        )
+        transcript.duration = audio.duration
+        # Formatting off the event loop too, so the deadline covers it.
+        return await service.run_in_pool(
+            _transcription_response, transcript, response_format, timestamp_granularities
+        )
+
+
+def _transcription_response(
+    transcript: Transcript, response_format: str, granularities: list[str]
+) -> Response:
+    """The transcript in the requested format."""
     if response_format == "json":
         return ORJSONResponse(json_body(transcript))
     if response_format == "verbose_json":
-        granularities = set(timestamp_granularities or ["segment"])
+        wanted = set(granularities or ["segment"])
         return ORJSONResponse(
             verbose_json_body(
                 transcript,
-                include_words="word" in granularities,
-                include_segments="segment" in granularities,
+                include_words="word" in wanted,
+                include_segments="segment" in wanted,
             )
         )
     if response_format == "srt":
@@ -120,10 +152,62 @@ def _encode(values: Tensor, encoding_format: str) -> object:
     return array
 
 
+async def _decode_files(
+    service: Service, files: list[UploadFile], deadline: float
+) -> list[DecodedAudio]:
+    """Decode a request's files one after another within its total audio budget (413)."""
+    budget = service.settings.max_request_audio_seconds
+    remaining, decoded = budget, []
+    for i, upload in enumerate(files):
+        param = f"file[{i}]"
+        try:
+            audio = await service.decode_upload(
+                await upload.read(), upload.content_type, param, deadline, max_seconds=remaining
+            )
+        except PayloadTooLargeError as exc:
+            if exc.reason == "too_long" and remaining < service.settings.max_audio_seconds:
+                raise PayloadTooLargeError(
+                    f"the files of this request hold more than {budget:g} s of audio together",
+                    param=param,
+                    reason="request_too_long",
+                ) from exc
+            raise
+        remaining -= audio.duration
+        decoded.append(audio)
+    return decoded
+
+
+def _check_embedding_values(values: int, limit: int) -> None:
+    """413 when a response would hold more than `limit` numbers."""
+    if values > limit:
+        raise PayloadTooLargeError(
+            f"this response would hold {values} numbers (files x frames x dims of the layers "
+            f"asked), over the limit of {limit}: use pooling=mean, fewer layers (layers=last "
+            "or a list such as 0,-1), or shorter or fewer files",
+            param="layers",
+            reason="response_too_large",
+        )
+
+
+def _expected_values(
+    bundle: Bundle, decoded: list[DecodedAudio], indices: list[int], pooled: bool
+) -> int | None:
+    """Upper bound of the numbers a response will hold (None when the bundle has no dims)."""
+    dims = bundle.config.get("hidden_dims")
+    if not dims:
+        return None
+    width = sum(int(dims[i]) for i in indices)
+    frames = [
+        1 if pooled else int(a.waveform.numel() * bundle.frame_rate / a.sample_rate) + 1
+        for a in decoded
+    ]
+    return sum(frames) * width
+
+
 @router.post("/embeddings", response_model=None)
 async def create_embeddings(
     request: Request,
-    file: Annotated[list[UploadFile], File(description="One or more audio files.")],
+    file: Annotated[list[UploadFile], File(description="One or more audio files.", min_length=1)],
     model: Annotated[str | None, Form(description="Accepted for compatibility.")] = None,
     layers: Annotated[str, Form(description="all | last | comma list, e.g. 0,2,-1")] = "last",
     pooling: Annotated[Literal["none", "mean"], Form()] = "none",
@@ -142,16 +226,43 @@ async def create_embeddings(
             param="file",
         )
     indices = parse_layers(layers, len(bundle.layer_names))
-    payloads = [await upload.read() for upload in file]
-    decoded = await asyncio.gather(
-        *(
-            service.decode_upload(data, upload.content_type, param=f"file[{i}]")
-            for i, (data, upload) in enumerate(zip(payloads, file, strict=True))
+    limit = service.settings.max_embedding_values
+    async with service.deadline() as deadline:
+        decoded = await _decode_files(service, file, deadline)
+        release_upload_slot(request)
+        expected = _expected_values(bundle, decoded, indices, pooling == "mean")
+        if expected is not None:
+            _check_embedding_values(expected, limit)  # before any compute
+        results: list[ItemResult] = await unless_disconnected(
+            request,
+            asyncio.gather(*(service.infer(audio.waveform, deadline) for audio in decoded)),
         )
+        content = _embeddings_content(
+            bundle, file, decoded, results, indices, pooling, encoding_format, limit
+        )
+        body = await service.run_in_pool(
+            partial(orjson.dumps, content, option=orjson.OPT_SERIALIZE_NUMPY)
+        )
+    return Response(body, media_type="application/json")
+
+
+def _embeddings_content(
+    bundle: Bundle,
+    file: list[UploadFile],
+    decoded: list[DecodedAudio],
+    results: list[ItemResult],
+    indices: list[int],
+    pooling: str,
+    encoding_format: str,
+    limit: int,
+) -> dict:
+    """The response object (values as numpy arrays or base64); 413 over `limit` numbers."""
+    values = sum(
+        (1 if pooling == "mean" else r.num_frames) * int(r.hidden_states[i].shape[1])
+        for r in results
+        for i in indices
     )
-    results: list[ItemResult] = await unless_disconnected(
-        request, asyncio.gather(*(service.infer(audio.waveform) for audio in decoded))
-    )
+    _check_embedding_values(values, limit)
     data = []
     for i, (upload, audio, result) in enumerate(zip(file, decoded, results, strict=True)):
         entries = []
@@ -177,12 +288,10 @@ async def create_embeddings(
                 "layers": entries,
             }
         )
-    return ORJSONResponse(
-        {
-            "object": "list",
-            "model": bundle.name,
-            "pooling": pooling,
-            "encoding_format": encoding_format,
-            "data": data,
-        }
-    )
+    return {
+        "object": "list",
+        "model": bundle.name,
+        "pooling": pooling,
+        "encoding_format": encoding_format,
+        "data": data,
+    }

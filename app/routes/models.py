@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends
 
-from app.dependencies import get_service, require_api_key
-from app.errors import APIError
+from app.dependencies import get_service
+from app.errors import APIError, error_responses
 from app.service import Service
 from model_training.bundle import Bundle
 
-router = APIRouter(prefix="/v1", tags=["models"], dependencies=[Depends(require_api_key)])
+# The API key is checked by app.middleware.AdmissionMiddleware, before any route runs.
+router = APIRouter(prefix="/v1", tags=["models"], responses=error_responses(401, 413, 431, 503))
 
 
 class ModelNotFoundError(APIError):
@@ -43,7 +44,7 @@ async def list_models(service: Service = Depends(get_service)) -> dict:
     return {"object": "list", "data": [model_card(bundle)]}
 
 
-@router.get("/models/{model_id}")
+@router.get("/models/{model_id}", responses=error_responses(404, 422))
 async def get_model(model_id: str, service: Service = Depends(get_service)) -> dict:
     """One model by id (404 for anything else)."""
     bundle, _ = service.require_ready()

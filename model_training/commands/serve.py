@@ -1,6 +1,6 @@
 """`hubert-lstm serve`: run the HTTP service.
 
-The service lives in the `app` package; it is started by import string so that
+The service lives in the `app` package; it is imported only when this command runs, so that
 `model_training` itself never imports FastAPI. Options given here become `HLSTM_*`
 environment variables, which `app.settings.Settings` reads; every other setting
 (batching, limits, API key, CORS) is taken from the environment as is.
@@ -8,6 +8,7 @@ environment variables, which `app.settings.Settings` reads; every other setting
 
 from __future__ import annotations
 
+import importlib
 import os
 from pathlib import Path
 
@@ -30,10 +31,10 @@ def serve(
 
     Further settings: HLSTM_MAX_BATCH_FRAMES, HLSTM_QUEUE_LIMIT, HLSTM_REQUEST_TIMEOUT_S,
     HLSTM_MAX_UPLOAD_MB, HLSTM_MAX_AUDIO_SECONDS, HLSTM_API_KEY, HLSTM_CORS_ORIGINS,
-    HLSTM_TORCH_THREADS, HLSTM_WARMUP (see app/settings.py).
+    HLSTM_TORCH_THREADS, HLSTM_WARMUP and the limits (see app/settings.py and the README).
+    On SIGTERM it stops listening, finishes in-flight requests within HLSTM_SHUTDOWN_GRACE_S
+    and exits 0.
     """
-    import uvicorn
-
     if not (model_dir / "config.json").is_file():
         raise typer.BadParameter(
             f"{model_dir} is not a bundle (no config.json)", param_hint="--model-dir"
@@ -49,17 +50,8 @@ def serve(
     for name, value in optional.items():
         if value is not None:
             os.environ[name] = str(value).lower() if isinstance(value, bool) else str(value)
-    # Logging is configured by the app (JSON lines with request ids); the app's middleware
-    # writes the access log, so uvicorn's own is off.
-    uvicorn.run(
-        "app.main:create_app",
-        factory=True,
-        host=host,
-        port=port,
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=30,
-    )
+    # uvicorn with the connection-level limits (header size and timeout, keep-alive, grace).
+    importlib.import_module("app.server").run(host, port)
 
 
 def register(app: typer.Typer) -> None:

@@ -25,11 +25,9 @@ and `teacher.hubert.feature_projection` (`layer_norm`, `projection`).
 
 from __future__ import annotations
 
-import argparse
 import ast
 import json
 import logging
-import pickle
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -43,6 +41,7 @@ from transformers import HubertConfig, HubertModel
 from transformers.masking_utils import create_bidirectional_mask
 
 from model_training.models.cnn import conv_output_lengths, length_mask, validate_waveforms
+from model_training.models.fairseq_checkpoint import load_fairseq_checkpoint
 from model_training.models.outputs import UpstreamOutput
 
 logger = logging.getLogger(__name__)
@@ -505,13 +504,14 @@ class HubertTeacher(nn.Module):
 
         Args:
             path: a `.pt` holding `cfg` (or `args`) and `model` with fairseq's key names.
-                Loaded with `weights_only=True`; if that fails it is unpickled fully (with a
-                warning), which runs code from the file: only name files you trust.
+                Loaded with `weights_only=True` and an explicit allow-list (omegaconf and
+                argparse configs; fairseq's own classes as inert stand-ins), never unpickled
+                in full (`model_training/models/fairseq_checkpoint.py`).
             num_special_labels: leading rows of `label_embs_concat` that are fairseq dictionary
                 specials (<s>, <pad>, </s>, <unk>) and are dropped, so that logit k is k-means
                 unit k (this assumes the usual dict.km.txt listing units 0..C-1 in order).
         """
-        state = _load_checkpoint(Path(path))
+        state = load_fairseq_checkpoint(path)
         model_cfg, task_cfg = _fairseq_cfgs(state)
         weights = state.get("model")
         if not isinstance(weights, Mapping):
@@ -557,24 +557,6 @@ def build_teacher(config: HubertConfig, head: ClusterHead | None = None) -> Hube
 
 
 # ----------------------------------------------------------------------------- fairseq
-
-
-def _load_checkpoint(path: Path) -> dict[str, Any]:
-    """torch.load with weights_only=True first; full unpickling only as a logged fallback."""
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        logger.warning(
-            "%s cannot be loaded with weights_only=True (%s); unpickling it fully because this "
-            "path was named by the user. This executes code from the file: use trusted files.",
-            path,
-            str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
-        )
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    if not isinstance(state, Mapping):
-        raise ValueError(f"{path}: expected a checkpoint dict; found {type(state)}")
-    return dict(state)
 
 
 def _cfg_get(cfg: Any, key: str, default: Any) -> Any:

@@ -1,8 +1,11 @@
 """Shared training utilities: seeding, LR schedule, checkpoints with exact resume, device and
 AMP helpers, TensorBoard, and torchrun/DDP set-up.
 
-Checkpoints are training state, not bundles: they are written with `torch.save` (atomically,
-via a temporary file and a rename) and read back with `torch.load(weights_only=True)`. Every
+Checkpoints are training state, not bundles: they are written with `torch.save` atomically
+(`atomic_write`: a temporary file in the same directory, fsync, rename over the target, fsync
+of the directory), so a process killed mid-write, even by SIGKILL, leaves the previous
+checkpoint whole and the newest one absent, never half written; they are read back with
+`torch.load(weights_only=True)`. Every
 value stored is a tensor, a number, a string or a container of them (numpy's RNG state is
 converted to a tensor), so no pickle of arbitrary objects is ever needed to resume.
 """
@@ -15,11 +18,11 @@ import math
 import os
 import random
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, BinaryIO, Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -205,6 +208,32 @@ class _Stateful(Protocol):
     def load_state_dict(self, state: dict[str, Any]) -> Any: ...
 
 
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> Path:
+    """Write a file so that readers see the old content or the new, never a part.
+
+    `write(f)` fills a temporary file in the same directory; it is flushed and fsynced, renamed
+    over `path` (atomic on POSIX), and the directory entry is fsynced too (so the rename
+    survives a power cut). On any error the temporary file is removed and `path` untouched.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+    return path
+
+
 class Checkpointer:
     """Atomic training checkpoints `checkpoint-{step:08d}.pt` in one directory, last N kept.
 
@@ -252,7 +281,7 @@ class Checkpointer:
         sampler_state: dict[str, Any] | None = None,
         extra: dict[str, Any] | None = None,
     ) -> Path:
-        """Write checkpoint for `state.step` (tmp file + rename), then prune old ones."""
+        """Write checkpoint for `state.step` (`atomic_write`), then prune old ones."""
         self.directory.mkdir(parents=True, exist_ok=True)
         payload: dict[str, Any] = {
             "train_state": state.to_dict(),
@@ -264,10 +293,11 @@ class Checkpointer:
             "rng": get_rng_state(),
             "extra": extra or {},
         }
-        path = self.path_for(state.step)
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
+        path = atomic_write(self.path_for(state.step), lambda f: torch.save(payload, f))
+        # Temporary files of writers killed mid-write (never loaded: the pattern excludes them).
+        for stale in self.directory.glob(".checkpoint-*.tmp"):
+            if not stale.name.endswith(f".{os.getpid()}.tmp"):
+                stale.unlink(missing_ok=True)
         for old in self.list()[: -self.keep_last]:
             old.unlink(missing_ok=True)
         logger.info("saved checkpoint %s", path)
