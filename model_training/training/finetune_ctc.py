@@ -53,6 +53,7 @@ from model_training.training.common import (
     resolve_device,
     seed_everything,
     summary_writer,
+    warmup_steps_for,
 )
 from model_training.training.ctc_data import (
     CTCDataset,
@@ -81,7 +82,9 @@ class FinetuneConfig:
         head: CTCHeadConfig fields (proj_dim, lstm_layers, lstm_hidden, dropout, masks,
             layer_indices); layer_dims and vocab_size come from the upstream and vocabulary.
         lr, betas, weight_decay: Adam (SUPERB: 1e-4, no decay).
-        warmup_steps, lr_final_ratio: linear warm-up, then linear decay to lr * final_ratio
+        warmup_steps, warmup_ratio: linear warm-up of warmup_steps, but at most
+            warmup_ratio x max_steps (`common.warmup_steps_for`), so any max_steps works.
+        lr_final_ratio: after the warm-up, linear decay to lr * lr_final_ratio
             at max_steps (1.0 = constant, as SUPERB).
         max_steps: optimizer steps (one batch each); stop_at_step stops earlier.
         grad_clip: max gradient norm (SUPERB: 1).
@@ -103,6 +106,7 @@ class FinetuneConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     weight_decay: float = 0.0
     warmup_steps: int = 0
+    warmup_ratio: float = 0.1
     lr_final_ratio: float = 1.0
     max_steps: int = 200_000
     stop_at_step: int | None = None
@@ -152,8 +156,11 @@ class FinetuneConfig:
             )
         if self.lr <= 0 or self.max_steps < 1 or self.max_batch_seconds <= 0:
             raise ValueError("lr > 0, max_steps >= 1 and max_batch_seconds > 0 are required")
-        if not 0 <= self.warmup_steps <= self.max_steps:
-            raise ValueError(f"warmup_steps must be in [0, max_steps], found {self.warmup_steps}")
+        if self.warmup_steps < 0 or not 0 <= self.warmup_ratio <= 1:
+            raise ValueError(
+                f"warmup_steps >= 0 and warmup_ratio in [0, 1] are required, found "
+                f"{self.warmup_steps} and {self.warmup_ratio}"
+            )
         for name in ("eval_every", "log_every", "checkpoint_every", "keep_checkpoints"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, found {getattr(self, name)}")
@@ -398,7 +405,8 @@ def _run(cfg: FinetuneConfig) -> Path:
     optimizer = torch.optim.Adam(
         head.parameters(), lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay
     )
-    scheduler = linear_warmup_decay(optimizer, cfg.warmup_steps, cfg.max_steps, cfg.lr_final_ratio)
+    warmup = warmup_steps_for(cfg.max_steps, cfg.warmup_ratio, cfg.warmup_steps)
+    scheduler = linear_warmup_decay(optimizer, warmup, cfg.max_steps, cfg.lr_final_ratio)
     summary: dict[str, Any] = {
         "upstream": upstream_ref,
         "head_parameters": n_head,

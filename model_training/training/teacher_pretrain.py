@@ -49,6 +49,7 @@ from model_training.training.common import (
     resolve_device,
     seed_everything,
     summary_writer,
+    warmup_steps_for,
 )
 
 logger = logging.getLogger(__name__)
@@ -336,7 +337,7 @@ def pretrain_teacher(
         model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay
     )
     scheduler = linear_warmup_decay(
-        optimizer, round(cfg.warmup_ratio * cfg.max_steps), cfg.max_steps
+        optimizer, warmup_steps_for(cfg.max_steps, cfg.warmup_ratio), cfg.max_steps
     )
     scaler = make_grad_scaler(device, cfg.precision)
     crop = int(cfg.crop_seconds * SAMPLE_RATE)
