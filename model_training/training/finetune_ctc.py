@@ -1,17 +1,31 @@
-"""CTC fine-tuning on a frozen upstream (the SUPERB ASR protocol).
+"""CTC fine-tuning: a SUPERB-style CTC head on an upstream, frozen or trained end to end.
 
-The upstream (a distilled student, a bundle, a HuBERT teacher or the log-mel baseline) runs in
-eval mode under `torch.inference_mode()`; only the head trains: softmax-weighted sum of the
-hidden states -> Linear -> 2-layer BiLSTM (SUPERB: 1024) -> 29 character outputs, CTC loss,
-SpecAugment-style masks on the mixed features, Adam (SUPERB: lr 1e-4, constant). Every
-`eval_every` steps the dev set is decoded greedily with the shared decoder; the head with the
-lowest dev WER (ties: CER) is written to `RUN/best/` with a reference to its upstream.
+Frozen (the SUPERB ASR protocol, the default): the upstream (a distilled student, a bundle, a
+HuBERT teacher, a random-init student or the log-mel baseline) runs in eval mode under
+`torch.inference_mode()`; only the head trains: softmax-weighted sum of the hidden states ->
+Linear -> 2-layer BiLSTM (SUPERB: 1024) -> 29 character outputs, CTC loss, SpecAugment-style
+masks on the mixed features, Adam (SUPERB: lr 1e-4, constant).
+
+End to end (`end_to_end: true`, `hubert-lstm finetune-ctc --end-to-end`): the upstream trains
+with the head, in its own parameter group at `lr x upstream_lr_scale`, on the same schedule.
+As in fairseq (`freeze_finetune_updates`) it can stay frozen for the first
+`freeze_upstream_steps` steps (eval mode, no gradients: the head first learns on fixed
+features), and, as transformers' `freeze_feature_encoder`, its CNN can stay frozen
+throughout (`freeze_feature_extractor`). A distilled student's cluster head, which CTC does
+not use, is dropped first. The feature cache cannot serve a changing upstream: it is turned
+off with a warning. `best/` then also holds the fine-tuned upstream, and `export` bundles it.
+
+Every `eval_every` steps the dev set is decoded greedily with the shared decoder; the head
+(and, end to end, the upstream) with the lowest dev WER (ties: CER; `select_by`) is written
+to `RUN/best/` with a reference to the upstream it started from.
 
 Run directory:
     config.yaml          the resolved configuration
     checkpoints/         training state for exact resume (common.Checkpointer)
     best/                head.safetensors + head.json (head config, vocabulary, upstream ref)
+                         [+ upstream.safetensors, end to end]
     metrics.json         best and last dev scores, every evaluation, training summary
+    train_log.jsonl      training metrics every log_every steps
     tensorboard/         scalars
     feature_cache/       with feature_cache=disk: the frozen upstream's hidden states
 
@@ -21,6 +35,8 @@ the one distillation uses (training/loop.py); the feature cache is training/feat
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -32,15 +48,16 @@ from typing import Any
 
 import torch
 import yaml
-from torch import Tensor
+from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from model_training.bundle import strip_for_inference
 from model_training.data.audio import SAMPLE_RATE
 from model_training.data.collate import AudioBatch
 from model_training.data.manifest import Manifest, read_manifest
 from model_training.data.sampler import LengthBucketSampler
 from model_training.decoding import greedy_ctc_decode_batch
-from model_training.models.ctc import CTCHead, CTCHeadConfig
+from model_training.models.ctc import ASRModel, CTCHead, CTCHeadConfig
 from model_training.text import CharVocab
 from model_training.training.common import (
     Checkpointer,
@@ -77,7 +94,13 @@ class FinetuneConfig:
     """Everything a fine-tuning run needs; stored in `RUN/config.yaml` and in checkpoints.
 
     Attributes:
-        upstream: "fbank", a student checkpoint, a bundle dir or a teacher (HF HuBERT) dir.
+        upstream: "fbank", a student checkpoint, a bundle dir, a teacher (HF HuBERT) dir,
+            or `random:FACTORY` / `random:DISTILL_CONFIG.yaml` (a student with random
+            weights seeded by `seed`, the no-distillation baseline).
+        end_to_end: train the upstream with the head (see the module docstring).
+        upstream_lr_scale: end to end, the upstream's learning rate is lr x this.
+        freeze_upstream_steps: end to end, the upstream stays frozen for these first steps.
+        freeze_feature_extractor: end to end, the upstream's CNN never trains.
         fbank: FbankConfig overrides when upstream is "fbank".
         head: CTCHeadConfig fields (proj_dim, lstm_layers, lstm_hidden, dropout, masks,
             layer_indices); layer_dims and vocab_size come from the upstream and vocabulary.
@@ -97,6 +120,10 @@ class FinetuneConfig:
     """
 
     upstream: str = "fbank"
+    end_to_end: bool = False
+    upstream_lr_scale: float = 0.1
+    freeze_upstream_steps: int = 0
+    freeze_feature_extractor: bool = False
     train_manifest: str = ""
     dev_manifest: str | None = None
     run_dir: str = "runs/ctc"
@@ -164,6 +191,13 @@ class FinetuneConfig:
         for name in ("eval_every", "log_every", "checkpoint_every", "keep_checkpoints"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, found {getattr(self, name)}")
+        if self.upstream_lr_scale <= 0 or self.freeze_upstream_steps < 0:
+            raise ValueError("upstream_lr_scale > 0 and freeze_upstream_steps >= 0 are required")
+        if not self.end_to_end and (self.freeze_upstream_steps or self.freeze_feature_extractor):
+            raise ValueError(
+                "freeze_upstream_steps and freeze_feature_extractor need end_to_end: true "
+                "(without it the whole upstream is frozen anyway)"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -207,18 +241,31 @@ class CTCTask:
     summary: dict[str, Any]
     dev: tuple[DataLoader, Manifest, CTCDataset] | None = None
     frame_seconds: float = 0.02
+    trained_upstream: nn.Module | None = None  # end to end: the upstream being fine-tuned
 
     def start_epoch(self, epoch: int) -> None:
-        if (
-            self.cfg.feature_cache != "none"
-        ):  # workers skip decoding audio whose features are cached
+        if self.cfg.feature_cache != "none":  # skip decoding audio whose features are cached
             self.dataset.skip = self.features.cached_indices("train", len(self.train))
+
+    def upstream_features(self, audio: AudioBatch, step: int) -> tuple[list[Tensor], Tensor]:
+        """End to end: the upstream's hidden states (B, T, D_l) float32 and frames (B,), with
+        gradients, or frozen (eval mode, no gradients) during the first freeze steps."""
+        assert self.trained_upstream is not None
+        frozen = step < self.cfg.freeze_upstream_steps
+        self.trained_upstream.train(not frozen)
+        audio = audio.to(self.device)
+        with torch.no_grad() if frozen else contextlib.nullcontext():
+            out = self.trained_upstream(audio.waveforms, audio.lengths)
+        return [h.float() for h in out.hidden_states], out.lengths
 
     def train_loss(
         self, batch: tuple[list[int], AudioBatch | None, list[int]], step: int
     ) -> tuple[Tensor, dict[str, float]]:
         indices, audio, loaded = batch
-        hidden, lengths = self.features("train", indices, audio, loaded)
+        if self.trained_upstream is not None and audio is not None:
+            hidden, lengths = self.upstream_features(audio, step)
+        else:
+            hidden, lengths = self.features("train", indices, audio, loaded)
         targets, target_lengths = encode_targets([self.train[i].text for i in indices], self.vocab)
         self.head.train()
         log_probs = self.head(hidden, lengths)
@@ -263,6 +310,7 @@ class CTCTask:
             self.vocab,
             self.upstream_ref,
             {"step": state.step, "dev": dev},
+            upstream=self.trained_upstream,
         )
 
 
@@ -270,6 +318,7 @@ class CTCTask:
 def evaluate_dev(task: CTCTask, loader: DataLoader, manifest: Manifest) -> dict[str, float]:
     """Greedy-decode the dev set -> {"wer", "cer", "loss"} (loss: mean CTC over batches)."""
     task.head.eval()
+    task.features.upstream.eval()  # end to end it trains in between
     refs: list[str] = []
     hyps: list[str] = []
     losses: list[float] = []
@@ -356,7 +405,43 @@ def _dev_data(
     return _loader(dataset, sampler, cfg), manifest, dataset
 
 
+def build_vocab(cfg: FinetuneConfig) -> CharVocab:
+    """The output vocabulary: SUPERB's 28 characters + the CTC blank. The one place a task
+    choice (characters, phonemes) plugs in; head size, targets, decoding and the saved
+    head all follow the object returned here."""
+    return CharVocab()
+
+
+def trainable_upstream(upstream: nn.Module, ref: dict[str, Any], cfg: FinetuneConfig) -> nn.Module:
+    """The upstream made ready for end-to-end training: training-only parts (a distilled
+    student's cluster head) dropped, gradients on (the CNN's off with
+    freeze_feature_extractor)."""
+    kind = ref.get("kind")
+    if kind == "fbank":
+        raise ValueError("end_to_end: the fbank upstream has no weights to fine-tune")
+    if kind == "teacher":
+        raise ValueError(
+            "end_to_end: a HuBERT teacher stays frozen here; fine-tune a student, a bundle or "
+            "random:FACTORY end to end, or drop --end-to-end to train a head on the teacher"
+        )
+    _, _, slim = strip_for_inference(upstream)
+    slim.requires_grad_(True)
+    if cfg.freeze_feature_extractor:
+        cnn = getattr(slim, "feature_extractor", None)
+        if cnn is None:
+            raise ValueError(f"freeze_feature_extractor: {type(slim).__name__} has no CNN")
+        cnn.requires_grad_(False)
+    return slim
+
+
 def _run(cfg: FinetuneConfig) -> Path:
+    if cfg.end_to_end and cfg.feature_cache != "none":
+        logger.warning(
+            "feature_cache=%s disabled: end to end the upstream changes every step, so its "
+            "features cannot be cached",
+            cfg.feature_cache,
+        )
+        cfg = dataclasses.replace(cfg, feature_cache="none")
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
@@ -366,17 +451,22 @@ def _run(cfg: FinetuneConfig) -> Path:
     spec: str | dict[str, Any] = cfg.upstream
     if cfg.upstream == "fbank":
         spec = {"kind": "fbank", "path": None, "config": dict(cfg.fbank)}
-    upstream, upstream_ref = load_upstream(spec, device)
-    vocab = CharVocab()
+    upstream, upstream_ref = load_upstream(spec, device, seed=cfg.seed)
+    trained = None
+    if cfg.end_to_end:
+        trained = upstream = trainable_upstream(upstream, upstream_ref, cfg).to(device)
+    vocab = build_vocab(cfg)
     head_cfg = CTCHeadConfig(
         layer_dims=list(upstream.hidden_dims), vocab_size=len(vocab), **cfg.head
     )
     head = CTCHead(head_cfg).to(device)
     n_head = sum(p.numel() for p in head.parameters())
+    n_up = sum(p.numel() for p in upstream.parameters() if p.requires_grad) if trained else 0
     logger.info(
-        "upstream %s (%s layers, frozen); head %.2fM parameters on layers %s",
+        "upstream %s (%s layers, %s); head %.2fM parameters on layers %s",
         upstream_ref["kind"],
         len(upstream.hidden_dims),
+        f"{n_up / 1e6:.2f}M parameters trained end to end" if trained else "frozen",
         n_head / 1e6,
         head_cfg.layer_indices,
     )
@@ -402,14 +492,20 @@ def _run(cfg: FinetuneConfig) -> Path:
     features = FeatureSource(
         upstream, device, cfg.precision, cfg.feature_cache, run_dir / "feature_cache", upstream_ref
     )
+    groups = [{"params": list(head.parameters()), "lr": cfg.lr}]
+    if trained is not None:  # one schedule, a lower rate for the upstream
+        groups.append({"params": list(trained.parameters()), "lr": cfg.lr * cfg.upstream_lr_scale})
     optimizer = torch.optim.Adam(
-        head.parameters(), lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay
+        groups, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay
     )
     warmup = warmup_steps_for(cfg.max_steps, cfg.warmup_ratio, cfg.warmup_steps)
     scheduler = linear_warmup_decay(optimizer, warmup, cfg.max_steps, cfg.lr_final_ratio)
     summary: dict[str, Any] = {
         "upstream": upstream_ref,
         "head_parameters": n_head,
+        "end_to_end": cfg.end_to_end,
+        "upstream_parameters_trained": n_up,
+        "feature_cache": cfg.feature_cache,
         "train_utterances": len(train),
         "train_dropped": dropped,
         "dev_utterances": len(dev[1]) if dev is not None else 0,
@@ -427,6 +523,7 @@ def _run(cfg: FinetuneConfig) -> Path:
         summary,
         dev,
         1.0 / float(upstream.frame_rate),
+        trained,
     )
     loop = TrainLoop(
         task=task,
@@ -441,7 +538,7 @@ def _run(cfg: FinetuneConfig) -> Path:
             progress=cfg.progress,
             desc="finetune-ctc",
         ),
-        model=head,
+        model=head if trained is None else ASRModel(trained, head),
         optimizer=optimizer,
         scheduler=scheduler,
         scaler=make_grad_scaler(device, cfg.precision),
@@ -462,7 +559,8 @@ def _run(cfg: FinetuneConfig) -> Path:
         state.extra["stopped_early"] = True
     if not resumed and cfg.oom_check:
         indices = largest_batch(sampler)
-        loop.check_largest_batch(collate_ctc([(i, dataset[i][1]) for i in indices]))
+        batch = collate_ctc([(i, dataset[i][1]) for i in indices])
+        loop.check_largest_batch(batch, step=cfg.freeze_upstream_steps if trained else 0)
         logger.info("largest batch (%d utterances) fits", len(indices))
     started = time.perf_counter()
     first_step = state.step

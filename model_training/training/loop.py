@@ -188,12 +188,13 @@ class TrainLoop:
         self.scheduler.step()
         return float(grad_norm), lr
 
-    def check_largest_batch(self, batch: Any) -> None:
+    def check_largest_batch(self, batch: Any, step: int = 0) -> None:
         """Forward + backward on `batch` before step 1 so out-of-memory shows at once; the
-        gradients and every RNG state are put back, so the run is the same with or without."""
+        gradients and every RNG state are put back, so the run is the same with or without.
+        `step`: the step whose work to check (a task's costliest phase may start later)."""
         rng = get_rng_state()
         with maybe_no_sync(self.model, True), autocast(self.device, self.config.precision):
-            loss, _ = self.task.train_loss(batch, 0)
+            loss, _ = self.task.train_loss(batch, step)
         self.scaler.scale(loss).backward()
         self.optimizer.zero_grad(set_to_none=True)
         set_rng_state(rng)

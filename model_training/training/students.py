@@ -3,7 +3,8 @@
 A distillation run writes its student as `student.safetensors`: the weights, plus the registry
 type, the factory name and the config in the safetensors metadata, so
 `load_student_checkpoint(path)` rebuilds it without pickle. CTC fine-tuning reads students
-the same way, and builds randomly initialised ones from a factory (`build_student`).
+the same way, and builds randomly initialised ones (`random:FACTORY` or
+`random:DISTILL_CONFIG.yaml`, see `random_student_spec`) for the no-distillation baseline.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import torch
+import yaml
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
@@ -138,3 +141,43 @@ def load_student_checkpoint(path: str | os.PathLike, device: str = "cpu") -> nn.
     model = _factory(GENERIC_BUILDERS[type_name])(**config)
     model.load_state_dict(state)
     return model.to(device).eval()
+
+
+RANDOM_PREFIX = "random:"
+
+
+def random_student_spec(spec: str) -> dict[str, Any]:
+    """`random:FACTORY` or `random:DISTILL_CONFIG.yaml` -> {"factory", "overrides", "source"}.
+
+    A distillation config contributes its `student` section (factory and overrides), so the
+    random-init baseline has exactly the architecture of the distilled students it is
+    compared with; nothing else of that config is used (no teacher, no CNN copy).
+    """
+    if not spec.startswith(RANDOM_PREFIX):
+        raise ValueError(f"expected {RANDOM_PREFIX}FACTORY or {RANDOM_PREFIX}CONFIG.yaml")
+    source = spec[len(RANDOM_PREFIX) :]
+    if source.endswith((".yaml", ".yml")):
+        path = Path(source)
+        if not path.is_file():
+            raise FileNotFoundError(f"{spec}: no such distillation config")
+        student = (yaml.safe_load(path.read_text()) or {}).get("student") or {}
+        factory = student.get("factory", "lstm_small")
+        overrides = dict(student.get("overrides") or {})
+        source = str(path.resolve())
+    else:
+        factory, overrides = source, {}
+    if factory not in STUDENT_FACTORIES:
+        raise ValueError(
+            f"{spec}: unknown student factory {factory!r}; expected one of "
+            f"{sorted(STUDENT_FACTORIES)} or a distillation config (.yaml)"
+        )
+    return {"factory": factory, "overrides": overrides, "source": source}
+
+
+def build_random_student(factory: str, overrides: dict[str, Any], seed: int) -> nn.Module:
+    """A student with seeded random weights and no cluster head (nothing to distil into);
+    the same (factory, overrides, seed) always gives the same weights, and the global RNG
+    is left as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build_student(factory, overrides, num_classes=0)
