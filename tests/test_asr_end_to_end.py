@@ -9,7 +9,6 @@ import logging
 from pathlib import Path
 
 import pytest
-import soundfile as sf
 import torch
 import yaml
 from safetensors.torch import load_file
@@ -17,10 +16,10 @@ from typer.testing import CliRunner
 
 from model_training.bundle import load_bundle, read_bundle_config
 from model_training.cli import app
-from model_training.data.manifest import ManifestEntry, write_manifest
 from model_training.models.student import lstm_student_tiny
 from model_training.training.evaluate import evaluate, load_recognizer, load_upstream
 from model_training.training.finetune_ctc import FinetuneConfig, run
+from model_training.training.fixtures import write_labelled_tones
 from model_training.training.students import save_student
 from tests.test_app_support import serve, test_settings
 
@@ -34,17 +33,7 @@ def data(tmp_path_factory) -> dict[str, Path]:
     """Four tone clips with transcripts, and a distilled-student file (with its cluster head
     and dropout, so mode switches and RNG restore matter)."""
     root = tmp_path_factory.mktemp("e2e")
-    g = torch.Generator().manual_seed(0)
-    entries = []
-    for i, (seconds, text) in enumerate(zip((0.7, 1.1, 0.5, 0.9), TEXTS, strict=True)):
-        n = int(seconds * 16000)
-        t = torch.arange(n) / 16000
-        wave = 0.3 * torch.sin(2 * torch.pi * 180 * (i + 1) * t) + 0.05 * torch.randn(
-            n, generator=g
-        )
-        sf.write(root / f"c{i}.wav", wave.numpy(), 16000, subtype="FLOAT")
-        entries.append(ManifestEntry(f"c{i}.wav", n, text))
-    manifest = write_manifest(root / "m.tsv", entries)
+    manifest = write_labelled_tones(root, list(zip((0.7, 1.1, 0.5, 0.9), TEXTS, strict=True)))
     torch.manual_seed(0)
     student = save_student(
         root / "distill" / "student.safetensors",

@@ -22,6 +22,26 @@ from model_training.training.teacher_pretrain import (
     pretrain_teacher,
 )
 
+TINY_TEACHER = dict(
+    hidden_size=32,
+    num_layers=2,
+    num_heads=4,
+    ffn_dim=64,
+    conv_dim=16,
+    pos_conv_kernel=16,
+    pos_conv_groups=4,
+    proj_dim=16,
+    batch_size=3,
+    crop_seconds=1.0,
+    log_every=1,
+    eval_every=2,
+    eval_utterances=3,
+    num_threads=1,
+    progress=False,
+    tensorboard=False,
+    device="cpu",
+)
+
 
 @pytest.mark.parametrize("samples", [400, 401, 719, 720, 16000, 16399, 33333])
 def test_mfcc_frames_equal_cnn_frames(samples) -> None:
@@ -34,24 +54,7 @@ def test_pretrain_smoke_and_resume(tmp_path) -> None:
     from model_training.models.teacher import HubertTeacher
 
     manifest = write_tone_corpus(tmp_path / "corpus", 6, min_seconds=0.8, max_seconds=1.2)
-    cfg = TeacherPretrainConfig(
-        num_clusters=8,
-        hidden_size=32,
-        num_layers=2,
-        num_heads=4,
-        ffn_dim=64,
-        conv_dim=16,
-        pos_conv_kernel=16,
-        pos_conv_groups=4,
-        proj_dim=16,
-        max_steps=4,
-        batch_size=3,
-        crop_seconds=1.0,
-        checkpoint_every=2,
-        log_every=1,
-        num_threads=1,
-        progress=False,
-    )
+    cfg = TeacherPretrainConfig(num_clusters=8, max_steps=4, checkpoint_every=2, **TINY_TEACHER)
     out = pretrain_teacher(manifest, tmp_path / "teacher", cfg)
     labels = read_km_labels(out / "labels" / "train.km")
     m = read_manifest(manifest)
@@ -81,27 +84,6 @@ def test_pretrain_smoke_and_resume(tmp_path) -> None:
     pretrain_teacher(manifest, tmp_path / "teacher", cfg)
     log = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
     assert [x["step"] for x in log] == [1, 2, 3, 4, 5, 6]
-
-
-TINY_TEACHER = dict(
-    hidden_size=32,
-    num_layers=2,
-    num_heads=4,
-    ffn_dim=64,
-    conv_dim=16,
-    pos_conv_kernel=16,
-    pos_conv_groups=4,
-    proj_dim=16,
-    batch_size=3,
-    crop_seconds=1.0,
-    log_every=1,
-    eval_every=2,
-    eval_utterances=3,
-    num_threads=1,
-    progress=False,
-    tensorboard=False,
-    device="cpu",
-)
 
 
 def test_second_iteration_learns_units_of_the_first_teachers_middle_layer(tmp_path) -> None:

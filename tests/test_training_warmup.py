@@ -7,16 +7,17 @@ import json
 from pathlib import Path
 
 import pytest
-import soundfile as sf
-import torch
 from typer.testing import CliRunner
 
 from model_training.cli import app
-from model_training.data.manifest import ManifestEntry, write_manifest
 from model_training.models.teacher import HubertTeacher
 from model_training.training.common import warmup_steps_for
 from model_training.training.distill import DistillConfig, run
-from model_training.training.fixtures import write_tiny_teacher, write_tone_corpus
+from model_training.training.fixtures import (
+    write_labelled_tones,
+    write_tiny_teacher,
+    write_tone_corpus,
+)
 from model_training.training.targets import build_target_cache
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -48,17 +49,7 @@ def test_warmup_rule_rejects_nonsense() -> None:
 @pytest.fixture
 def labelled(tmp_path) -> Path:
     """Three short tone clips with transcripts."""
-    g = torch.Generator().manual_seed(0)
-    entries = []
-    for i, (seconds, text) in enumerate([(0.7, "A B"), (1.1, "HELLO"), (0.5, "YES")]):
-        n = int(seconds * 16000)
-        t = torch.arange(n) / 16000
-        wave = 0.3 * torch.sin(2 * torch.pi * 220 * (i + 1) * t) + 0.05 * torch.randn(
-            n, generator=g
-        )
-        sf.write(tmp_path / f"c{i}.wav", wave.numpy(), 16000, subtype="FLOAT")
-        entries.append(ManifestEntry(f"c{i}.wav", n, text))
-    return write_manifest(tmp_path / "m.tsv", entries)
+    return write_labelled_tones(tmp_path, [(0.7, "A B"), (1.1, "HELLO"), (0.5, "YES")])
 
 
 def test_demo_ctc_config_runs_six_steps(labelled: Path, tmp_path) -> None:

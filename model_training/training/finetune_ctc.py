@@ -60,16 +60,13 @@ from model_training.decoding import greedy_ctc_decode_batch
 from model_training.models.ctc import ASRModel, CTCHead, CTCHeadConfig
 from model_training.text import CharVocab
 from model_training.training.common import (
-    Checkpointer,
     TrainState,
     autocast,
     dataclass_from_dict,
     linear_warmup_decay,
-    make_grad_scaler,
     read_yaml_with_overrides,
     resolve_device,
     seed_everything,
-    summary_writer,
     warmup_steps_for,
 )
 from model_training.training.ctc_data import (
@@ -389,6 +386,16 @@ def _loader(dataset: CTCDataset, sampler: LengthBucketSampler, cfg: FinetuneConf
     )
 
 
+def _sampler(
+    manifest: Manifest, cfg: FinetuneConfig, sample_rate: int, shuffle: bool
+) -> LengthBucketSampler:
+    """Length buckets within the padded-audio budget (shuffled per epoch for training)."""
+    budget = int(cfg.max_batch_seconds * sample_rate)
+    return LengthBucketSampler(
+        manifest.lengths, budget, cfg.max_batch_size, shuffle=shuffle, seed=cfg.seed
+    )
+
+
 def _dev_data(
     cfg: FinetuneConfig, sample_rate: int
 ) -> tuple[DataLoader, Manifest, CTCDataset] | None:
@@ -396,12 +403,7 @@ def _dev_data(
         return None
     manifest = read_manifest(cfg.dev_manifest)
     dataset = CTCDataset(manifest)
-    sampler = LengthBucketSampler(
-        manifest.lengths,
-        int(cfg.max_batch_seconds * sample_rate),
-        cfg.max_batch_size,
-        shuffle=False,
-    )
+    sampler = _sampler(manifest, cfg, sample_rate, shuffle=False)
     return _loader(dataset, sampler, cfg), manifest, dataset
 
 
@@ -481,13 +483,7 @@ def _run(cfg: FinetuneConfig) -> Path:
     if len(train) == 0:
         raise ValueError(f"{cfg.train_manifest}: no usable training utterances ({dropped})")
     dataset = CTCDataset(train)
-    sampler = LengthBucketSampler(
-        train.lengths,
-        int(cfg.max_batch_seconds * sr),
-        cfg.max_batch_size,
-        shuffle=True,
-        seed=cfg.seed,
-    )
+    sampler = _sampler(train, cfg, sr, shuffle=True)
     dev = _dev_data(cfg, sr)
     features = FeatureSource(
         upstream, device, cfg.precision, cfg.feature_cache, run_dir / "feature_cache", upstream_ref
@@ -527,27 +523,16 @@ def _run(cfg: FinetuneConfig) -> Path:
     )
     loop = TrainLoop(
         task=task,
-        config=LoopConfig(
-            max_steps=cfg.max_steps,
-            stop_at_step=cfg.stop_at_step,
-            grad_clip=cfg.grad_clip,
-            precision=cfg.precision,
-            log_every=cfg.log_every,
-            eval_every=cfg.eval_every,
-            checkpoint_every=cfg.checkpoint_every,
-            progress=cfg.progress,
-            desc="finetune-ctc",
-        ),
+        config=LoopConfig.from_settings("finetune-ctc", cfg),
         model=head if trained is None else ASRModel(trained, head),
         optimizer=optimizer,
         scheduler=scheduler,
-        scaler=make_grad_scaler(device, cfg.precision),
         sampler=sampler,
         loader=_loader(dataset, sampler, cfg),
-        checkpointer=Checkpointer(run_dir / "checkpoints", keep_last=cfg.keep_checkpoints),
         device=device,
         run_dir=run_dir,
-        writer=summary_writer(run_dir / "tensorboard", enabled=cfg.tensorboard),
+        keep_checkpoints=cfg.keep_checkpoints,
+        tensorboard=cfg.tensorboard,
         checkpoint_extra={
             "finetune_config": cfg.to_dict(),
             "head_config": head_cfg.to_dict(),
@@ -565,7 +550,6 @@ def _run(cfg: FinetuneConfig) -> Path:
     started = time.perf_counter()
     first_step = state.step
     state = loop.run(state)
-    loop.writer.close()
     summary["train_seconds_this_session"] = round(time.perf_counter() - started, 2)
     summary["steps_this_session"] = state.step - first_step
     write_metrics(run_dir, state, summary)

@@ -25,7 +25,7 @@ import logging
 import math
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -35,15 +35,16 @@ from torch import Tensor, nn
 from model_training.data.sampler import LengthBucketSampler
 from model_training.training.common import (
     Checkpointer,
-    NullWriter,
     TrainState,
     all_reduce_mean,
     autocast,
     barrier,
     get_rng_state,
     log_scalars,
+    make_grad_scaler,
     maybe_no_sync,
     set_rng_state,
+    summary_writer,
 )
 
 logger = logging.getLogger(__name__)
@@ -103,6 +104,18 @@ class LoopConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, found {getattr(self, name)}")
 
+    @classmethod
+    def from_settings(cls, desc: str, *sources: Any) -> LoopConfig:
+        """Each field from the first of `sources` (a trainer's config objects) that has it;
+        the defaults for the rest."""
+        values: dict[str, Any] = {"desc": desc}
+        for f in fields(cls):
+            for source in sources:
+                if f.name != "desc" and hasattr(source, f.name):
+                    values[f.name] = getattr(source, f.name)
+                    break
+        return cls(**values)
+
     @property
     def last_step(self) -> int:
         """Where this session stops: max_steps, or stop_at_step when that comes first."""
@@ -118,6 +131,10 @@ class TrainLoop:
         model: the module whose state is checkpointed (may be DDP-wrapped; the task's forward
             uses it). For CTC fine-tuning on a frozen upstream this is the head alone.
         sampler, loader: this rank's batches; the loader draws from `sampler` (batch_sampler).
+            For exact resume the loader must not draw from the global RNG (give a DataLoader
+            its own `generator`): a resumed run creates its iterator at another moment.
+        run_dir: holds checkpoints/ (the last `keep_checkpoints`), tensorboard/ (when
+            `tensorboard`, main process only) and train_log.jsonl.
         checkpoint_extra: JSON-like facts stored in every checkpoint (configs, references).
         is_main: rank 0 (logs, evaluates and checkpoints; the other ranks wait at barriers).
     """
@@ -127,15 +144,23 @@ class TrainLoop:
     model: nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: Any
-    scaler: Any
     sampler: LengthBucketSampler
     loader: Iterable[Any]
-    checkpointer: Checkpointer
     device: torch.device
     run_dir: Path
-    writer: Any = field(default_factory=NullWriter)
+    keep_checkpoints: int = 2
+    tensorboard: bool = True
     checkpoint_extra: dict[str, Any] = field(default_factory=dict)
     is_main: bool = True
+
+    def __post_init__(self) -> None:
+        if self.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.scaler = make_grad_scaler(self.device, self.config.precision)
+        self.checkpointer = Checkpointer(self.run_dir / "checkpoints", self.keep_checkpoints)
+        self.writer = summary_writer(
+            self.run_dir / "tensorboard", enabled=self.tensorboard and self.is_main
+        )
 
     # -- resume ------------------------------------------------------------------------
 
@@ -250,6 +275,7 @@ class TrainLoop:
                 state.epoch += 1
                 state.batches_in_epoch = 0
         bar.close()
+        self.writer.close()
         return state
 
     def _after_step(self, state: TrainState, bar: Any, grad_norm: float, lr: float) -> bool:

@@ -42,13 +42,10 @@ from model_training.data.audio import load_audio
 from model_training.data.manifest import Manifest, read_km_labels, read_manifest, write_km_labels
 from model_training.data.sampler import LengthBucketSampler
 from model_training.training.common import (
-    Checkpointer,
     TrainState,
     linear_warmup_decay,
-    make_grad_scaler,
     resolve_device,
     seed_everything,
-    summary_writer,
     warmup_steps_for,
 )
 from model_training.training.loop import LoopConfig, TrainLoop
@@ -486,29 +483,18 @@ def pretrain_teacher(
         },
         "earlier": earlier,
     }
-    task = TeacherTask(cfg, device, model, eval_items, report, out)
     loop = TrainLoop(
-        task=task,
-        config=LoopConfig(
-            max_steps=cfg.max_steps,
-            grad_clip=cfg.grad_clip,
-            precision=cfg.precision,
-            log_every=cfg.log_every,
-            eval_every=cfg.eval_every,
-            checkpoint_every=cfg.checkpoint_every,
-            progress=cfg.progress,
-            desc="teacher",
-        ),
+        task=TeacherTask(cfg, device, model, eval_items, report, out),
+        config=LoopConfig.from_settings("teacher", cfg),
         model=model,
         optimizer=optimizer,
         scheduler=scheduler,
-        scaler=make_grad_scaler(device, cfg.precision),
         sampler=sampler,
         loader=_CropBatches(sampler, manifest, labels, usable, crop, cfg.seed),
-        checkpointer=Checkpointer(out / "checkpoints", keep_last=cfg.keep_checkpoints),
         device=device,
         run_dir=out,
-        writer=summary_writer(out / "tensorboard", enabled=cfg.tensorboard),
+        keep_checkpoints=cfg.keep_checkpoints,
+        tensorboard=cfg.tensorboard,
         checkpoint_extra={"config": asdict(cfg)},
     )
     state, _ = loop.restore()
@@ -521,7 +507,6 @@ def pretrain_teacher(
         cfg.max_steps,
     )
     state = loop.run(state)
-    loop.writer.close()
     teacher = HubertTeacher(model["hubert"].cpu(), model["head"].cpu())
     teacher.save(out)
     (out / "pretrain_config.yaml").write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))

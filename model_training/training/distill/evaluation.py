@@ -8,7 +8,7 @@ from torch.utils.data import DataLoader
 
 from model_training import losses
 from model_training.training.distill.config import DistillConfig
-from model_training.training.distill.objective import gather_targets, predict_teacher_layers
+from model_training.training.distill.objective import predict_teacher_layers, student_targets
 
 
 @torch.no_grad()
@@ -29,15 +29,13 @@ def evaluate(
     for batch in loader:
         batch = batch.to(device)
         out = model(batch.waveforms, batch.lengths)
-        frames = out.hidden_states[0].shape[1]
         feature = cfg.loss.feature > 0
-        tg = gather_targets(
+        tg = student_targets(
+            out,
             batch,
-            out.lengths,
-            frames,
+            cfg,
             teacher=teacher,
             num_classes=num_classes,
-            feature_layers=cfg.teacher.feature_layers if feature else (),
             need_logits=out.logits is not None,
         )
         n = float(tg.mask.sum())

@@ -77,6 +77,28 @@ def gather_targets(
     return Targets(steps[None, :] < valid[:, None], logits, labels, layers)
 
 
+def student_targets(
+    out: Any,
+    batch: DistillBatch,
+    cfg: DistillConfig,
+    *,
+    teacher: nn.Module | None,
+    num_classes: int | None,
+    need_logits: bool,
+) -> Targets:
+    """`gather_targets` on the frames of a student's output (an `UpstreamOutput`), with the
+    teacher layers the config's feature loss predicts."""
+    return gather_targets(
+        batch,
+        out.lengths,
+        out.hidden_states[0].shape[1],
+        teacher=teacher,
+        num_classes=num_classes,
+        feature_layers=cfg.teacher.feature_layers if cfg.loss.feature > 0 else (),
+        need_logits=need_logits,
+    )
+
+
 def predict_teacher_layers(model: nn.Module, out: Any) -> Tensor:
     """(B, T, L, D) predictions of the teacher layers by a DistilHuBERT-style student."""
     preds = unwrap_model(model).predict_teacher_layers(out)
@@ -99,17 +121,10 @@ def compute_loss(
     """
     lc = cfg.loss
     out = model(batch.waveforms, batch.lengths)
-    frames = out.hidden_states[0].shape[1]
     need_logits = lc.kd > 0 or lc.dkd > 0 or (lc.ce > 0 and lc.target == "teacher")
     need_logits = need_logits or (lc.ce > 0 and batch.labels is None)
-    tg = gather_targets(
-        batch,
-        out.lengths,
-        frames,
-        teacher=teacher,
-        num_classes=num_classes,
-        feature_layers=cfg.teacher.feature_layers if lc.feature > 0 else (),
-        need_logits=need_logits,
+    tg = student_targets(
+        out, batch, cfg, teacher=teacher, num_classes=num_classes, need_logits=need_logits
     )
     mask = tg.mask
     zero = out.hidden_states[0].new_zeros(())

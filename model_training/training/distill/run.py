@@ -16,16 +16,13 @@ from torch.utils.data import DataLoader
 from model_training.data.manifest import read_km_labels, read_manifest
 from model_training.data.sampler import LengthBucketSampler
 from model_training.training.common import (
-    Checkpointer,
     DistInfo,
     TrainState,
     barrier,
     cleanup_distributed,
     init_distributed,
     linear_warmup_decay,
-    make_grad_scaler,
     seed_everything,
-    summary_writer,
     unwrap_model,
     warmup_steps_for,
 )
@@ -231,28 +228,16 @@ def _run(cfg: DistillConfig, info: DistInfo, device: torch.device) -> Path:
     )
     loop = TrainLoop(
         task=task,
-        config=LoopConfig(
-            max_steps=o.max_steps,
-            stop_at_step=cfg.stop_at_step,
-            accum_steps=o.accum_steps,
-            grad_clip=o.grad_clip,
-            precision=o.precision,
-            log_every=cfg.log_every,
-            eval_every=cfg.eval_every,
-            checkpoint_every=cfg.checkpoint_every,
-            progress=cfg.progress,
-            desc="distill",
-        ),
+        config=LoopConfig.from_settings("distill", o, cfg),
         model=model,
         optimizer=optimizer,
         scheduler=scheduler,
-        scaler=make_grad_scaler(device, o.precision),
         sampler=sampler,
         loader=make_loader(dataset, sampler, cfg),
-        checkpointer=Checkpointer(run_dir / "checkpoints", keep_last=cfg.keep_checkpoints),
         device=device,
         run_dir=run_dir,
-        writer=summary_writer(run_dir / "tensorboard", enabled=cfg.tensorboard and info.is_main),
+        keep_checkpoints=cfg.keep_checkpoints,
+        tensorboard=cfg.tensorboard,
         checkpoint_extra=extra,
         is_main=info.is_main,
     )
@@ -264,7 +249,6 @@ def _run(cfg: DistillConfig, info: DistInfo, device: torch.device) -> Path:
         loop.check_largest_batch(collate_distill([dataset[i] for i in indices]))
         logger.info("largest batch (%d items) fits", len(indices))
     state = loop.run(state)
-    loop.writer.close()
     if state.step < o.max_steps:
         logger.info("stopped at step %d of %d (stop_at_step)", state.step, o.max_steps)
         return run_dir
