@@ -507,6 +507,10 @@ def pretrain_teacher(
         cfg.max_steps,
     )
     state = loop.run(state)
+    last = state.extra.get("last_dev") or {}
+    if eval_items and last.get("step") != state.step:  # e.g. a run finished by older code
+        state.extra["last_dev"] = {"step": state.step, **masked_accuracy(model, eval_items, cfg)}
+        loop.task.after_evaluation(state, state.extra["last_dev"])
     teacher = HubertTeacher(model["hubert"].cpu(), model["head"].cpu())
     teacher.save(out)
     (out / "pretrain_config.yaml").write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))
