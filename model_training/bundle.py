@@ -77,7 +77,7 @@ class Bundle:
         return list(self.config["layer_names"])
 
 
-def _strip_for_inference(upstream: nn.Module) -> tuple[str, dict[str, Any], nn.Module]:
+def strip_for_inference(upstream: nn.Module) -> tuple[str, dict[str, Any], nn.Module]:
     """Rebuild the upstream without training-only parts; returns (type, config, model)."""
     type_name = upstream_type_name(upstream)
     config = inference_config(type_name, upstream.config.to_dict())  # type: ignore[union-attr]
@@ -124,7 +124,7 @@ def save_bundle(
         )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    type_name, up_config, slim = _strip_for_inference(upstream)
+    type_name, up_config, slim = strip_for_inference(upstream)
     tensors = {f"upstream.{k}": v for k, v in slim.state_dict().items()}
     if head is not None:
         tensors.update({f"head.{k}": v for k, v in head.state_dict().items()})

@@ -4,13 +4,11 @@ import json
 from pathlib import Path
 
 import pytest
-import soundfile as sf
 import torch
 from typer.testing import CliRunner
 
 from model_training.bundle import load_bundle, read_bundle_config
 from model_training.cli import app
-from model_training.data.manifest import ManifestEntry, write_manifest
 from model_training.decoding import greedy_ctc_decode_batch
 from model_training.models.ctc import ASRModel
 from model_training.testing import build_tiny_bundle, tiny_ctc_head
@@ -21,6 +19,7 @@ from model_training.training.evaluate import (
     save_head,
 )
 from model_training.training.export import export_run
+from model_training.training.fixtures import write_labelled_tones
 
 VOCAB = CharVocab()
 
@@ -28,17 +27,7 @@ VOCAB = CharVocab()
 @pytest.fixture
 def manifest(tmp_path) -> Path:
     """Three short noise-and-tone clips with transcripts (scores are not the point here)."""
-    g = torch.Generator().manual_seed(0)
-    entries = []
-    for i, (seconds, text) in enumerate([(0.7, "A B"), (1.1, "HELLO"), (0.5, "YES")]):
-        n = int(seconds * 16000)
-        t = torch.arange(n) / 16000
-        wave = 0.3 * torch.sin(2 * torch.pi * 220 * (i + 1) * t) + 0.05 * torch.randn(
-            n, generator=g
-        )
-        sf.write(tmp_path / f"c{i}.wav", wave.numpy(), 16000, subtype="FLOAT")
-        entries.append(ManifestEntry(f"c{i}.wav", n, text))
-    return write_manifest(tmp_path / "eval.tsv", entries)
+    return write_labelled_tones(tmp_path, [(0.7, "A B"), (1.1, "HELLO"), (0.5, "YES")])
 
 
 @pytest.fixture

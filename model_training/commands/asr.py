@@ -1,4 +1,5 @@
-"""`hubert-lstm finetune-ctc | evaluate | export`: the recognizer on a frozen upstream."""
+"""`hubert-lstm finetune-ctc | evaluate | export`: the recognizer on an upstream (frozen, or
+fine-tuned with it end to end)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ def finetune_ctc(
         ...,
         "--upstream",
         help="'fbank', a student checkpoint (student.safetensors / distill run / checkpoint-*.pt), "
-        "a bundle dir, or a Hugging Face HuBERT dir (teacher).",
+        "a bundle dir, a Hugging Face HuBERT dir (teacher), or a random-init student: "
+        "random:FACTORY (e.g. random:lstm_small) or random:DISTILL_CONFIG.yaml.",
     ),
     train: Path = typer.Option(..., "--train", help="Training manifest TSV (with transcripts)."),
     dev: Path | None = typer.Option(None, "--dev", help="Dev manifest: selects the best head."),
@@ -30,8 +32,21 @@ def finetune_ctc(
     feature_cache: str | None = typer.Option(
         None, "--feature-cache", help="none | memory | disk: reuse the frozen upstream's features."
     ),
+    end_to_end: bool = typer.Option(
+        False,
+        "--end-to-end",
+        help="Fine-tune the upstream with the head (its own lr: lr x upstream_lr_scale); "
+        "the feature cache is then off.",
+    ),
+    upstream_lr_scale: float | None = typer.Option(
+        None, "--upstream-lr-scale", help="End to end: upstream lr = lr x this (default 0.1)."
+    ),
+    freeze_upstream_steps: int | None = typer.Option(
+        None, "--freeze-upstream-steps", help="End to end: keep the upstream frozen this long."
+    ),
 ) -> None:
-    """Train a SUPERB-style CTC head on a frozen upstream; writes RUN/best and RUN/metrics.json."""
+    """Train a SUPERB-style CTC head on a frozen upstream, or the whole model end to end;
+    writes RUN/best and RUN/metrics.json."""
     from model_training.training.finetune_ctc import FinetuneConfig, run
 
     cfg = FinetuneConfig.from_yaml(
@@ -44,6 +59,9 @@ def finetune_ctc(
         max_steps=max_steps,
         device=device,
         feature_cache=feature_cache,
+        end_to_end=end_to_end or None,  # unset: the config decides
+        upstream_lr_scale=upstream_lr_scale,
+        freeze_upstream_steps=freeze_upstream_steps,
     )
     run_dir = run(cfg)
     metrics = json.loads((run_dir / "metrics.json").read_text())

@@ -60,6 +60,7 @@ __all__ = [
     "set_rng_state",
     "summary_writer",
     "unwrap_model",
+    "warmup_steps_for",
 ]
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -178,6 +179,30 @@ def linear_warmup_decay(
         return 1.0 - (1.0 - final_ratio) * progress
 
     return LambdaLR(optimizer, factor)
+
+
+def warmup_steps_for(max_steps: int, ratio: float, steps: int | None = None) -> int:
+    """The linear warm-up length of a run of `max_steps` optimizer steps; fits any length.
+
+    One rule for every trainer: the warm-up is `round(ratio * max_steps)`; when an absolute
+    `steps` is configured it is used instead, but never beyond that fraction, so a config
+    written for a long run (e.g. 50 warm-up steps of 450) also runs at 6 steps (1 warm-up
+    step with ratio 0.12) instead of being refused.
+    """
+    if max_steps < 1:
+        raise ValueError(f"max_steps must be >= 1, found {max_steps}")
+    if not 0 <= ratio <= 1:
+        raise ValueError(f"warm-up ratio must be in [0, 1], found {ratio}")
+    if steps is not None and steps < 0:
+        raise ValueError(f"warm-up steps must be >= 0, found {steps}")
+    cap = round(ratio * max_steps)
+    if steps is None:
+        return cap
+    if steps > cap:
+        logger.info(
+            "warm-up of %d steps capped at %d (%.3g of %d steps)", steps, cap, ratio, max_steps
+        )
+    return min(steps, cap)
 
 
 # ----------------------------------------------------------------------------- checkpoints

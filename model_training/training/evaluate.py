@@ -3,11 +3,14 @@
 Also home of the upstream resolver shared by fine-tuning and export, so every recognizer is
 built the same way:
 
-    load_upstream("fbank" | student checkpoint | bundle dir | teacher dir) -> (upstream, ref)
+    load_upstream("fbank" | student checkpoint | bundle dir | teacher dir | random:...)
+        -> (upstream, ref)
     load_recognizer(bundle dir | fine-tuning run dir | run/best) -> Recognizer
 
 `ref` is a small JSON-ready dict naming where the upstream came from; a fine-tuning run stores
 it next to the head weights, so the head can be put back on the same frozen upstream later.
+An end-to-end run changes the upstream too: its `best/` then also holds the fine-tuned
+upstream (`upstream.safetensors`, a student file) and `ref` records where it started from.
 """
 
 from __future__ import annotations
@@ -33,14 +36,24 @@ from model_training.data.manifest import Manifest, read_manifest
 from model_training.data.sampler import LengthBucketSampler
 from model_training.decoding import Transcript, greedy_ctc_decode_batch
 from model_training.models.ctc import ASRModel, CTCHead, CTCHeadConfig
+from model_training.models.registry import upstream_type_name
 from model_training.precision import inference_autocast
 from model_training.text import CharVocab, normalize_text
+from model_training.training.students import (
+    GENERIC_BUILDERS,
+    RANDOM_PREFIX,
+    build_random_student,
+    load_student_checkpoint,
+    random_student_spec,
+    save_student,
+)
 
 log = logging.getLogger(__name__)
 
 HEAD_WEIGHTS = "head.safetensors"
 HEAD_META = "head.json"
 HEAD_FORMAT = "hubert-lstm/ctc-head"
+UPSTREAM_WEIGHTS = "upstream.safetensors"  # in best/ of an end-to-end run
 BEST_DIR = "best"
 
 
@@ -68,28 +81,37 @@ def _is_hf_teacher(path: Path) -> bool:
 
 
 def load_upstream(
-    spec: str | os.PathLike | dict[str, Any], device: str | torch.device = "cpu"
+    spec: str | os.PathLike | dict[str, Any],
+    device: str | torch.device = "cpu",
+    seed: int = 0,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Build a frozen upstream (eval mode, no gradients) and a reference to rebuild it.
 
     Args:
         spec: "fbank" (log-mel baseline, default settings), a dict reference returned by an
-            earlier call, a bundle directory, a Hugging Face HuBERT directory (teacher), or a
-            distilled student (`student.safetensors`, a distill run dir or `checkpoint-*.pt`).
+            earlier call, a bundle directory, a Hugging Face HuBERT directory (teacher), a
+            distilled student (`student.safetensors`, a distill run dir or `checkpoint-*.pt`),
+            or a randomly initialised student: `random:FACTORY` (e.g. random:lstm_small) or
+            `random:DISTILL_CONFIG.yaml` (that config's student architecture).
+        seed: the random student's initialisation (stored in the ref, so it rebuilds alike).
     Returns:
-        (upstream, ref) with ref = {"kind": "fbank" | "bundle" | "teacher" | "student",
-        "path": absolute path or None, "config": fbank settings or None}.
+        (upstream, ref) with ref = {"kind": "fbank" | "bundle" | "teacher" | "student" |
+        "random", "path": absolute path or None, "config": fbank settings, the random
+        student's factory / overrides / seed, or None}.
     """
     if isinstance(spec, dict):
         ref = dict(spec)
     elif str(spec) == "fbank":
         ref = {"kind": "fbank", "path": None, "config": {}}
+    elif str(spec).startswith(RANDOM_PREFIX):
+        ref = {"kind": "random", "path": None, "config": {**random_student_spec(str(spec))}}
+        ref["config"]["seed"] = int(seed)
     else:
         path = Path(spec).resolve()
         if not path.exists():
             raise FileNotFoundError(
-                f"upstream {spec!s} not found (expected 'fbank', a bundle dir, a teacher dir "
-                "or a student checkpoint)"
+                f"upstream {spec!s} not found (expected 'fbank', a bundle dir, a teacher dir, "
+                f"a student checkpoint or {RANDOM_PREFIX}FACTORY|CONFIG.yaml)"
             )
         if path.is_dir() and _is_bundle(path):
             kind = "bundle"
@@ -117,11 +139,14 @@ def load_upstream(
 
         upstream = HubertTeacher.from_hf_dir(ref["path"])
     elif kind == "student":
-        from model_training.training.distill import load_student_checkpoint
-
         upstream = load_student_checkpoint(ref["path"])
+    elif kind == "random":
+        c = ref["config"]
+        upstream = build_random_student(c["factory"], c["overrides"], c["seed"])
     else:
-        raise ValueError(f"unknown upstream kind {kind!r}; expected fbank|bundle|teacher|student")
+        raise ValueError(
+            f"unknown upstream kind {kind!r}; expected fbank|bundle|teacher|student|random"
+        )
     upstream.requires_grad_(False)
     return upstream.to(device).eval(), ref
 
@@ -152,12 +177,27 @@ def save_head(
     vocab: CharVocab,
     upstream_ref: dict[str, Any],
     extra: dict[str, Any] | None = None,
+    upstream: nn.Module | None = None,
 ) -> Path:
-    """Write a fine-tuned head (safetensors + JSON: head config, vocabulary, upstream ref)."""
+    """Write a fine-tuned head (safetensors + JSON: head config, vocabulary, upstream ref).
+
+    `upstream`: the upstream an end-to-end run fine-tuned, written next to the head as a
+    student file (`UPSTREAM_WEIGHTS`); the head is then loaded on it instead of on `ref`.
+    """
     from safetensors.torch import save_file
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if upstream is not None:
+        type_name = upstream_type_name(upstream)
+        if type_name not in GENERIC_BUILDERS:
+            raise ValueError(f"cannot store a fine-tuned {type_name} upstream")
+        save_student(
+            out / UPSTREAM_WEIGHTS,
+            upstream,
+            factory=GENERIC_BUILDERS[type_name],
+            provenance={"fine_tuned_from": upstream_ref},
+        )
     tensors = {
         k: v.detach().to("cpu", torch.float32).contiguous() for k, v in head.state_dict().items()
     }
@@ -169,9 +209,12 @@ def save_head(
         "head": head.config.to_dict(),
         "vocab": vocab.to_config(),
         "upstream": upstream_ref,
+        **({"upstream_weights": UPSTREAM_WEIGHTS} if upstream is not None else {}),
         **(extra or {}),
     }
-    (out / HEAD_META).write_text(json.dumps(meta, indent=2) + "\n")
+    tmp = out / (HEAD_META + ".tmp")
+    tmp.write_text(json.dumps(meta, indent=2) + "\n")
+    os.replace(tmp, out / HEAD_META)
     return out
 
 
@@ -213,7 +256,11 @@ def load_recognizer(path: str | os.PathLike, device: str | torch.device = "cpu")
             f"({BEST_DIR}/{HEAD_META})"
         )
     head, vocab, meta = load_head(head_dir)
-    upstream, _ = load_upstream(meta["upstream"], device)
+    if meta.get("upstream_weights"):  # an end-to-end run: the upstream it fine-tuned
+        weights = {"kind": "student", "path": str(head_dir / meta["upstream_weights"])}
+        upstream, _ = load_upstream({**weights, "config": None}, device)
+    else:
+        upstream, _ = load_upstream(meta["upstream"], device)
     model = ASRModel(upstream, head).to(device).eval()
     return Recognizer(
         model=model,
@@ -221,7 +268,12 @@ def load_recognizer(path: str | os.PathLike, device: str | torch.device = "cpu")
         source="run",
         path=head_dir,
         parameters=count_parameters(model),
-        info={"upstream": meta["upstream"], "step": meta.get("step"), "dev": meta.get("dev")},
+        info={
+            "upstream": meta["upstream"],
+            "end_to_end": bool(meta.get("upstream_weights")),
+            "step": meta.get("step"),
+            "dev": meta.get("dev"),
+        },
     )
 
 

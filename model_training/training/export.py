@@ -1,4 +1,5 @@
-"""Export a fine-tuning run (frozen upstream + CTC head + vocabulary) as a serving bundle.
+"""Export a fine-tuning run (upstream + CTC head + vocabulary) as a serving bundle; the upstream
+of an end-to-end run is the one it fine-tuned (`best/upstream.safetensors`).
 
 With `quantize="int8"` the bundle is marked for dynamic int8 quantization of its LSTM and
 Linear layers (applied when it is loaded, see `model_training.bundle`), and the export
@@ -135,7 +136,7 @@ def model_card(name: str, config_facts: dict[str, Any], provenance: dict[str, An
     lines = [
         f"# {name}",
         "",
-        "A speech recognizer bundle of hubert-lstm: a frozen upstream with a SUPERB-style CTC "
+        "A speech recognizer bundle of hubert-lstm: an upstream with a SUPERB-style CTC "
         "head (weighted layer sum -> Linear -> BiLSTM -> 28 characters + blank), greedy "
         "decoding without a language model.",
         "",
@@ -156,6 +157,8 @@ def model_card(name: str, config_facts: dict[str, Any], provenance: dict[str, An
         "",
         f"- fine-tuning run: `{provenance['run']}` (head from step {provenance.get('step')})",
     ]
+    if provenance.get("end_to_end"):
+        lines.append("- the upstream was fine-tuned end to end with the head (CTC loss)")
     dev = provenance.get("dev")
     if dev:
         lines.append(f"- dev at selection: WER {_fmt(dev.get('wer'))}, CER {_fmt(dev.get('cer'))}")
@@ -257,6 +260,7 @@ def export_run(
         "upstream": run_info["upstream"],
         "step": run_info.get("step"),
         "dev": run_info.get("dev"),
+        "end_to_end": bool(run_info.get("end_to_end")),
         "quantize": quantize,
     }
     fp32_eval = evaluate_recognizer(rec, manifest) if manifest is not None else None

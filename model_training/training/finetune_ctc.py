@@ -1,31 +1,44 @@
-"""CTC fine-tuning on a frozen upstream (the SUPERB ASR protocol).
+"""CTC fine-tuning: a SUPERB-style CTC head on an upstream, frozen or trained end to end.
 
-The upstream (a distilled student, a bundle, a HuBERT teacher or the log-mel baseline) runs in
-eval mode under `torch.inference_mode()`; only the head trains: softmax-weighted sum of the
-hidden states -> Linear -> 2-layer BiLSTM (SUPERB: 1024) -> 29 character outputs, CTC loss,
-SpecAugment-style masks on the mixed features, Adam (SUPERB: lr 1e-4, constant). Every
-`eval_every` steps the dev set is decoded greedily with the shared decoder; the head with the
-lowest dev WER (ties: CER) is written to `RUN/best/` with a reference to its upstream.
+Frozen (the SUPERB ASR protocol, the default): the upstream (a distilled student, a bundle, a
+HuBERT teacher, a random-init student or the log-mel baseline) runs in eval mode under
+`torch.inference_mode()`; only the head trains: softmax-weighted sum of the hidden states ->
+Linear -> 2-layer BiLSTM (SUPERB: 1024) -> 29 character outputs, CTC loss, SpecAugment-style
+masks on the mixed features, Adam (SUPERB: lr 1e-4, constant).
+
+End to end (`end_to_end: true`, `hubert-lstm finetune-ctc --end-to-end`): the upstream trains
+with the head, in its own parameter group at `lr x upstream_lr_scale`, on the same schedule.
+As in fairseq (`freeze_finetune_updates`) it can stay frozen for the first
+`freeze_upstream_steps` steps (eval mode, no gradients: the head first learns on fixed
+features), and, as transformers' `freeze_feature_encoder`, its CNN can stay frozen
+throughout (`freeze_feature_extractor`). A distilled student's cluster head, which CTC does
+not use, is dropped first. The feature cache cannot serve a changing upstream: it is turned
+off with a warning. `best/` then also holds the fine-tuned upstream, and `export` bundles it.
+
+Every `eval_every` steps the dev set is decoded greedily with the shared decoder; the head
+(and, end to end, the upstream) with the lowest dev WER (ties: CER; `select_by`) is written
+to `RUN/best/` with a reference to the upstream it started from.
 
 Run directory:
     config.yaml          the resolved configuration
     checkpoints/         training state for exact resume (common.Checkpointer)
     best/                head.safetensors + head.json (head config, vocabulary, upstream ref)
+                         [+ upstream.safetensors, end to end]
     metrics.json         best and last dev scores, every evaluation, training summary
+    train_log.jsonl      training metrics every log_every steps
     tensorboard/         scalars
     feature_cache/       with feature_cache=disk: the frozen upstream's hidden states
 
-The optional feature cache stores each utterance's upstream hidden states (float32, valid
-frames only) the first time it is seen, so later epochs skip the upstream: exact for a
-padding-exact upstream (every upstream here is), but memory grows with the corpus
-(L x D x 50 x 4 bytes per second), so it is off by default.
+The training loop (steps, schedule, logging, evaluations, checkpoints, exact resume) is
+the one distillation uses (training/loop.py); the feature cache is training/features.py.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import logging
-import math
 import os
 import time
 from collections.abc import Sequence
@@ -35,37 +48,39 @@ from typing import Any
 
 import torch
 import yaml
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
-from model_training.data.audio import SAMPLE_RATE, load_audio
-from model_training.data.collate import AudioBatch, AudioItem, collate_audio
+from model_training.bundle import strip_for_inference
+from model_training.data.audio import SAMPLE_RATE
+from model_training.data.collate import AudioBatch
 from model_training.data.manifest import Manifest, read_manifest
 from model_training.data.sampler import LengthBucketSampler
 from model_training.decoding import greedy_ctc_decode_batch
-from model_training.models.ctc import CTCHead, CTCHeadConfig
+from model_training.models.ctc import ASRModel, CTCHead, CTCHeadConfig
 from model_training.text import CharVocab
 from model_training.training.common import (
-    Checkpointer,
     TrainState,
     autocast,
     dataclass_from_dict,
-    get_rng_state,
     linear_warmup_decay,
-    log_scalars,
-    make_grad_scaler,
     read_yaml_with_overrides,
     resolve_device,
     seed_everything,
-    set_rng_state,
-    summary_writer,
+    warmup_steps_for,
+)
+from model_training.training.ctc_data import (
+    CTCDataset,
+    collate_ctc,
+    encode_targets,
+    filter_manifest,
 )
 from model_training.training.evaluate import BEST_DIR, load_upstream, save_head, score
+from model_training.training.features import FEATURE_CACHE_MODES, FeatureSource
+from model_training.training.loop import LoopConfig, TrainLoop, largest_batch
 
 logger = logging.getLogger(__name__)
 
-FEATURE_CACHE_MODES = ("none", "memory", "disk")
 METRICS_FILE = "metrics.json"
 # CTCHeadConfig fields that come from the upstream and the vocabulary, not from the config.
 _DERIVED_HEAD_FIELDS = ("layer_dims", "vocab_size", "blank_id")
@@ -76,12 +91,20 @@ class FinetuneConfig:
     """Everything a fine-tuning run needs; stored in `RUN/config.yaml` and in checkpoints.
 
     Attributes:
-        upstream: "fbank", a student checkpoint, a bundle dir or a teacher (HF HuBERT) dir.
+        upstream: "fbank", a student checkpoint, a bundle dir, a teacher (HF HuBERT) dir,
+            or `random:FACTORY` / `random:DISTILL_CONFIG.yaml` (a student with random
+            weights seeded by `seed`, the no-distillation baseline).
+        end_to_end: train the upstream with the head (see the module docstring).
+        upstream_lr_scale: end to end, the upstream's learning rate is lr x this.
+        freeze_upstream_steps: end to end, the upstream stays frozen for these first steps.
+        freeze_feature_extractor: end to end, the upstream's CNN never trains.
         fbank: FbankConfig overrides when upstream is "fbank".
         head: CTCHeadConfig fields (proj_dim, lstm_layers, lstm_hidden, dropout, masks,
             layer_indices); layer_dims and vocab_size come from the upstream and vocabulary.
         lr, betas, weight_decay: Adam (SUPERB: 1e-4, no decay).
-        warmup_steps, lr_final_ratio: linear warm-up, then linear decay to lr * final_ratio
+        warmup_steps, warmup_ratio: linear warm-up of warmup_steps, but at most
+            warmup_ratio x max_steps (`common.warmup_steps_for`), so any max_steps works.
+        lr_final_ratio: after the warm-up, linear decay to lr * lr_final_ratio
             at max_steps (1.0 = constant, as SUPERB).
         max_steps: optimizer steps (one batch each); stop_at_step stops earlier.
         grad_clip: max gradient norm (SUPERB: 1).
@@ -94,6 +117,10 @@ class FinetuneConfig:
     """
 
     upstream: str = "fbank"
+    end_to_end: bool = False
+    upstream_lr_scale: float = 0.1
+    freeze_upstream_steps: int = 0
+    freeze_feature_extractor: bool = False
     train_manifest: str = ""
     dev_manifest: str | None = None
     run_dir: str = "runs/ctc"
@@ -103,6 +130,7 @@ class FinetuneConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     weight_decay: float = 0.0
     warmup_steps: int = 0
+    warmup_ratio: float = 0.1
     lr_final_ratio: float = 1.0
     max_steps: int = 200_000
     stop_at_step: int | None = None
@@ -152,11 +180,21 @@ class FinetuneConfig:
             )
         if self.lr <= 0 or self.max_steps < 1 or self.max_batch_seconds <= 0:
             raise ValueError("lr > 0, max_steps >= 1 and max_batch_seconds > 0 are required")
-        if not 0 <= self.warmup_steps <= self.max_steps:
-            raise ValueError(f"warmup_steps must be in [0, max_steps], found {self.warmup_steps}")
+        if self.warmup_steps < 0 or not 0 <= self.warmup_ratio <= 1:
+            raise ValueError(
+                f"warmup_steps >= 0 and warmup_ratio in [0, 1] are required, found "
+                f"{self.warmup_steps} and {self.warmup_ratio}"
+            )
         for name in ("eval_every", "log_every", "checkpoint_every", "keep_checkpoints"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, found {getattr(self, name)}")
+        if self.upstream_lr_scale <= 0 or self.freeze_upstream_steps < 0:
+            raise ValueError("upstream_lr_scale > 0 and freeze_upstream_steps >= 0 are required")
+        if not self.end_to_end and (self.freeze_upstream_steps or self.freeze_feature_extractor):
+            raise ValueError(
+                "freeze_upstream_steps and freeze_feature_extractor need end_to_end: true "
+                "(without it the whole upstream is frozen anyway)"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -178,240 +216,122 @@ class FinetuneConfig:
         return cls.from_dict(d)
 
 
-# ----------------------------------------------------------------------------- data
-
-
-class CTCDataset(Dataset[tuple[int, AudioItem | None]]):
-    """(index, utterance) pairs of a manifest; None instead of audio when `skip` holds the index
-    (its features are cached, so the audio need not be decoded)."""
-
-    def __init__(self, manifest: Manifest) -> None:
-        self.manifest = manifest
-        self.skip: set[int] = set()
-
-    def __len__(self) -> int:
-        return len(self.manifest)
-
-    def __getitem__(self, index: int) -> tuple[int, AudioItem | None]:
-        entry = self.manifest[index]
-        if index in self.skip:
-            return index, None
-        return index, AudioItem(entry.id, load_audio(self.manifest.audio_path(index)), entry.text)
-
-
-def collate_ctc(
-    items: Sequence[tuple[int, AudioItem | None]],
-) -> tuple[list[int], AudioBatch | None, list[int]]:
-    """-> (all indices, padded batch of the items with audio or None, their indices)."""
-    indices = [i for i, _ in items]
-    loaded = [(i, it) for i, it in items if it is not None]
-    batch = collate_audio([it for _, it in loaded]) if loaded else None
-    return indices, batch, [i for i, _ in loaded]
-
-
-def filter_manifest(
-    manifest: Manifest, upstream: nn.Module, vocab: CharVocab, max_samples: int | None
-) -> tuple[Manifest, dict[str, int]]:
-    """Training utterances the CTC loss can use: a transcript, >= 1 frame, at least as many
-    frames as labels, and (optionally) at most `max_samples` samples."""
-    lengths = torch.tensor(manifest.lengths, dtype=torch.long)
-    frames = upstream.frame_lengths(lengths).tolist()
-    dropped = {"no_text": 0, "too_short": 0, "too_long": 0}
-    keep = []
-    for entry, n_frames in zip(manifest.entries, frames, strict=True):
-        labels = len(vocab.encode(entry.text))
-        if labels == 0:
-            dropped["no_text"] += 1
-        elif n_frames < max(1, labels):
-            dropped["too_short"] += 1
-        elif max_samples is not None and entry.num_samples > max_samples:
-            dropped["too_long"] += 1
-        else:
-            keep.append(entry)
-    if any(dropped.values()):
-        logger.warning("training utterances dropped: %s", dropped)
-    return Manifest(root=manifest.root, entries=keep), dropped
-
-
-# ----------------------------------------------------------------------------- features
-
-
-class FeatureSource:
-    """Hidden states of the frozen upstream for a batch, computed or from the feature cache.
-
-    __call__(split, indices, batch, batch_indices) -> (hidden_states list of (B, T, D_l)
-    float32 on `device`, lengths (B,)), items in the order of `indices`.
-    """
-
-    def __init__(
-        self,
-        upstream: nn.Module,
-        device: torch.device,
-        precision: str = "fp32",
-        cache: str = "none",
-        cache_dir: Path | None = None,
-        upstream_ref: dict[str, Any] | None = None,
-    ) -> None:
-        if cache == "disk" and cache_dir is None:
-            raise ValueError("feature_cache=disk needs a cache directory")
-        self.upstream = upstream
-        self.device = device
-        self.precision = precision
-        self.cache = cache
-        self.cache_dir = cache_dir
-        self._memory: dict[tuple[str, int], list[Tensor]] = {}
-        if cache == "disk" and cache_dir is not None:
-            self._check_disk_cache(cache_dir, upstream_ref or {})
-
-    @staticmethod
-    def _check_disk_cache(cache_dir: Path, ref: dict[str, Any]) -> None:
-        """A cache belongs to one upstream: refuse to mix features of two."""
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        stamp = cache_dir / "upstream.json"
-        if stamp.exists() and json.loads(stamp.read_text()) != ref:
-            raise ValueError(f"{cache_dir} holds features of another upstream; delete it first")
-        stamp.write_text(json.dumps(ref, indent=2) + "\n")
-
-    def _path(self, split: str, index: int) -> Path:
-        assert self.cache_dir is not None
-        return self.cache_dir / split / f"{index:08d}.safetensors"
-
-    def cached(self, split: str, index: int) -> bool:
-        """True when the features of utterance `index` of `split` are cached."""
-        if self.cache == "memory":
-            return (split, index) in self._memory
-        if self.cache == "disk":
-            return self._path(split, index).exists()
-        return False
-
-    def _get(self, split: str, index: int) -> list[Tensor]:
-        if self.cache == "memory":
-            return self._memory[(split, index)]
-        weights = load_file(str(self._path(split, index)))
-        return [weights[f"layer{i}"] for i in range(len(weights))]
-
-    def _put(self, split: str, index: int, layers: list[Tensor]) -> None:
-        if self.cache == "memory":
-            self._memory[(split, index)] = layers
-        elif self.cache == "disk":
-            path = self._path(split, index)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(path.name + ".tmp")
-            save_file({f"layer{i}": t.contiguous() for i, t in enumerate(layers)}, str(tmp))
-            os.replace(tmp, path)
-
-    def compute(self, batch: AudioBatch) -> tuple[list[Tensor], Tensor]:
-        """Run the upstream under inference mode -> float32 hidden states (B, T, D_l), lengths."""
-        batch = batch.to(self.device)
-        with torch.inference_mode(), autocast(self.device, self.precision):
-            out = self.upstream(batch.waveforms, batch.lengths)
-        # clone() outside inference mode: autograd may save these for the head's backward.
-        return [h.float().clone() for h in out.hidden_states], out.lengths.clone()
-
-    def __call__(
-        self,
-        split: str,
-        indices: Sequence[int],
-        batch: AudioBatch | None,
-        batch_indices: Sequence[int],
-    ) -> tuple[list[Tensor], Tensor]:
-        if self.cache == "none":
-            if batch is None or list(batch_indices) != list(indices):
-                raise ValueError("without a feature cache every item of a batch needs its audio")
-            return self.compute(batch)
-        per_item: dict[int, list[Tensor]] = {}
-        if batch is not None:
-            hidden, lengths = self.compute(batch)
-            for b, index in enumerate(batch_indices):
-                n = int(lengths[b])
-                layers = [h[b, :n].detach().cpu().clone() for h in hidden]
-                self._put(split, index, layers)
-                per_item[index] = layers
-        for index in indices:
-            if index not in per_item:
-                per_item[index] = self._get(split, index)
-        items = [per_item[i] for i in indices]
-        lengths = torch.tensor([it[0].shape[0] for it in items], dtype=torch.long)
-        t_max = int(lengths.max())
-        hidden_states = []
-        for layer in range(len(items[0])):
-            dim = items[0][layer].shape[-1]
-            padded = torch.zeros(len(items), t_max, dim, dtype=torch.float32)
-            for b, it in enumerate(items):
-                padded[b, : it[layer].shape[0]] = it[layer]
-            hidden_states.append(padded.to(self.device))
-        return hidden_states, lengths.to(self.device)
-
-
-# ----------------------------------------------------------------------------- steps
-
-
-def encode_targets(texts: Sequence[str], vocab: CharVocab) -> tuple[Tensor, Tensor]:
-    """Texts -> (padded label ids (B, U) long, lengths (B,) long)."""
-    ids = [vocab.encode(t) for t in texts]
-    lengths = torch.tensor([len(x) for x in ids], dtype=torch.long)
-    targets = torch.zeros(len(ids), max(1, int(lengths.max())), dtype=torch.long)
-    for b, x in enumerate(ids):
-        targets[b, : len(x)] = torch.tensor(x, dtype=torch.long)
-    return targets, lengths
+# ----------------------------------------------------------------------------- the task
 
 
 @dataclass
-class Trainer:
-    """The objects a training step needs."""
+class CTCTask:
+    """CTC fine-tuning as the shared loop sees it (see `loop.TrainingTask`).
+
+    A batch is (indices, padded audio of the items that need it or None, their indices).
+    """
 
     cfg: FinetuneConfig
     device: torch.device
     head: CTCHead
     vocab: CharVocab
     features: FeatureSource
-    optimizer: torch.optim.Optimizer
-    scheduler: Any
-    scaler: Any
     train: Manifest
+    dataset: CTCDataset
+    run_dir: Path
+    upstream_ref: dict[str, Any]
+    summary: dict[str, Any]
+    dev: tuple[DataLoader, Manifest, CTCDataset] | None = None
+    frame_seconds: float = 0.02
+    trained_upstream: nn.Module | None = None  # end to end: the upstream being fine-tuned
+
+    def start_epoch(self, epoch: int) -> None:
+        if self.cfg.feature_cache != "none":  # skip decoding audio whose features are cached
+            self.dataset.skip = self.features.cached_indices("train", len(self.train))
+
+    def upstream_features(self, audio: AudioBatch, step: int) -> tuple[list[Tensor], Tensor]:
+        """End to end: the upstream's hidden states (B, T, D_l) float32 and frames (B,), with
+        gradients, or frozen (eval mode, no gradients) during the first freeze steps."""
+        assert self.trained_upstream is not None
+        frozen = step < self.cfg.freeze_upstream_steps
+        self.trained_upstream.train(not frozen)
+        audio = audio.to(self.device)
+        with torch.no_grad() if frozen else contextlib.nullcontext():
+            out = self.trained_upstream(audio.waveforms, audio.lengths)
+        return [h.float() for h in out.hidden_states], out.lengths
+
+    def train_loss(
+        self, batch: tuple[list[int], AudioBatch | None, list[int]], step: int
+    ) -> tuple[Tensor, dict[str, float]]:
+        indices, audio, loaded = batch
+        if self.trained_upstream is not None and audio is not None:
+            hidden, lengths = self.upstream_features(audio, step)
+        else:
+            hidden, lengths = self.features("train", indices, audio, loaded)
+        targets, target_lengths = encode_targets([self.train[i].text for i in indices], self.vocab)
+        self.head.train()
+        log_probs = self.head(hidden, lengths)
+        loss = self.head.ctc_loss(
+            log_probs, lengths, targets.to(self.device), target_lengths.to(self.device)
+        )
+        return loss, {"loss": float(loss.detach())}
+
+    def batch_seconds(self, batch: tuple[list[int], AudioBatch | None, list[int]]) -> float:
+        return sum(self.train[i].num_samples for i in batch[0]) / SAMPLE_RATE
+
+    def evaluate(self, state: TrainState) -> dict[str, float] | None:
+        if self.dev is None:
+            return None
+        loader, manifest, dataset = self.dev
+        if self.cfg.feature_cache != "none":
+            dataset.skip = self.features.cached_indices("dev", len(manifest))
+        return evaluate_dev(self, loader, manifest)
+
+    def after_evaluation(self, state: TrainState, metrics: dict[str, float]) -> bool:
+        entry = state.extra["last_dev"]
+        state.extra.setdefault("evaluations", []).append(entry)
+        if _is_better(metrics, state.extra.get("best"), self.cfg.select_by):
+            state.extra["best"] = entry
+            self.save_best(state, metrics)
+        if self.cfg.target_dev_cer is not None and metrics["cer"] <= self.cfg.target_dev_cer:
+            state.extra["target_reached"] = True
+            return True
+        return False
+
+    def before_checkpoint(self, state: TrainState) -> None:
+        if self.dev is None:  # no dev set: the latest head is the one to use
+            state.extra["best"] = {"step": state.step}
+            self.save_best(state, None)
+        write_metrics(self.run_dir, state, self.summary)
+
+    def save_best(self, state: TrainState, dev: dict[str, float] | None) -> None:
+        """Write the current head to RUN/best with its upstream reference."""
+        save_head(
+            self.run_dir / BEST_DIR,
+            self.head,
+            self.vocab,
+            self.upstream_ref,
+            {"step": state.step, "dev": dev},
+            upstream=self.trained_upstream,
+        )
 
 
-def train_step(
-    tr: Trainer, indices: list[int], batch: AudioBatch | None, loaded: list[int]
-) -> dict[str, float]:
-    """One optimizer step on one batch -> {"loss", "grad_norm", "lr"}."""
-    hidden, lengths = tr.features("train", indices, batch, loaded)
-    targets, target_lengths = encode_targets([tr.train[i].text for i in indices], tr.vocab)
-    tr.head.train()
-    with autocast(tr.device, tr.cfg.precision):
-        log_probs = tr.head(hidden, lengths)
-    loss = tr.head.ctc_loss(log_probs, lengths, targets.to(tr.device), target_lengths.to(tr.device))
-    tr.optimizer.zero_grad(set_to_none=True)
-    tr.scaler.scale(loss).backward()
-    tr.scaler.unscale_(tr.optimizer)
-    grad_norm = torch.nn.utils.clip_grad_norm_(tr.head.parameters(), tr.cfg.grad_clip)
-    tr.scaler.step(tr.optimizer)
-    tr.scaler.update()
-    lr = tr.optimizer.param_groups[0]["lr"]
-    tr.scheduler.step()
-    return {"loss": float(loss.detach()), "grad_norm": float(grad_norm), "lr": float(lr)}
-
-
-def evaluate_dev(
-    tr: Trainer, loader: DataLoader, manifest: Manifest, frame_seconds: float
-) -> dict[str, float]:
+@torch.inference_mode()
+def evaluate_dev(task: CTCTask, loader: DataLoader, manifest: Manifest) -> dict[str, float]:
     """Greedy-decode the dev set -> {"wer", "cer", "loss"} (loss: mean CTC over batches)."""
-    tr.head.eval()
+    task.head.eval()
+    task.features.upstream.eval()  # end to end it trains in between
     refs: list[str] = []
     hyps: list[str] = []
     losses: list[float] = []
     for indices, batch, loaded in loader:
-        hidden, lengths = tr.features("dev", indices, batch, loaded)
+        hidden, lengths = task.features("dev", indices, batch, loaded)
         texts = [manifest[i].text for i in indices]
-        targets, target_lengths = encode_targets(texts, tr.vocab)
-        with torch.inference_mode():
-            with autocast(tr.device, tr.cfg.precision):
-                log_probs = tr.head(hidden, lengths)
-            loss = tr.head.ctc_loss(
-                log_probs, lengths, targets.to(tr.device), target_lengths.to(tr.device)
-            )
+        targets, target_lengths = encode_targets(texts, task.vocab)
+        with autocast(task.device, task.cfg.precision):
+            log_probs = task.head(hidden, lengths)
+        loss = task.head.ctc_loss(
+            log_probs, lengths, targets.to(task.device), target_lengths.to(task.device)
+        )
         losses.append(float(loss))
-        decoded = greedy_ctc_decode_batch(log_probs.cpu(), lengths.cpu(), tr.vocab, frame_seconds)
+        decoded = greedy_ctc_decode_batch(
+            log_probs.cpu(), lengths.cpu(), task.vocab, task.frame_seconds
+        )
         refs.extend(texts)
         hyps.extend(t.text for t in decoded)
     metrics = score(refs, hyps)
@@ -426,32 +346,8 @@ def _is_better(dev: dict[str, float], best: dict[str, Any] | None, select_by: st
     return (dev[select_by], dev[other]) < (best[select_by], best[other])
 
 
-def _largest_batch(sampler: LengthBucketSampler) -> list[int]:
-    """The batch with the most padded samples: run first so out-of-memory shows at step 0."""
-    lengths = sampler.lengths
-    return max(sampler.rank_batches(), key=lambda b: int(lengths[b].max()) * len(b))
-
-
-def _oom_check(tr: Trainer, dataset: CTCDataset, sampler: LengthBucketSampler) -> None:
-    """Forward + backward on the largest batch, then undo everything (RNG and gradients)."""
-    rng = get_rng_state()
-    indices = _largest_batch(sampler)
-    _, batch, _ = collate_ctc([(i, dataset[i][1]) for i in indices])
-    assert batch is not None
-    hidden, lengths = tr.features.compute(batch)
-    targets, target_lengths = encode_targets([tr.train[i].text for i in indices], tr.vocab)
-    tr.head.train()
-    with autocast(tr.device, tr.cfg.precision):
-        log_probs = tr.head(hidden, lengths)
-    tr.head.ctc_loss(
-        log_probs, lengths, targets.to(tr.device), target_lengths.to(tr.device)
-    ).backward()
-    tr.optimizer.zero_grad(set_to_none=True)
-    set_rng_state(rng)
-    logger.info("largest batch (%d utterances) fits", len(indices))
-
-
-def _write_metrics(run_dir: Path, state: TrainState, extra: dict[str, Any]) -> None:
+def write_metrics(run_dir: Path, state: TrainState, extra: dict[str, Any]) -> None:
+    """RUN/metrics.json: step, best and last dev scores, every evaluation, `extra` facts."""
     metrics = {
         "step": state.step,
         "best": state.extra.get("best"),
@@ -478,9 +374,76 @@ def run(cfg: FinetuneConfig) -> Path:
         torch.set_num_threads(threads)
 
 
-def _run(cfg: FinetuneConfig) -> Path:
-    from tqdm import tqdm
+def _loader(dataset: CTCDataset, sampler: LengthBucketSampler, cfg: FinetuneConfig) -> DataLoader:
+    # Loaders draw their worker seeds from their own generators, not the global RNG that
+    # dropout and SpecAugment use, so creating an iterator (resume, dev passes) changes nothing.
+    return DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        collate_fn=collate_ctc,
+        num_workers=cfg.num_workers,
+        generator=torch.Generator().manual_seed(cfg.seed),
+    )
 
+
+def _sampler(
+    manifest: Manifest, cfg: FinetuneConfig, sample_rate: int, shuffle: bool
+) -> LengthBucketSampler:
+    """Length buckets within the padded-audio budget (shuffled per epoch for training)."""
+    budget = int(cfg.max_batch_seconds * sample_rate)
+    return LengthBucketSampler(
+        manifest.lengths, budget, cfg.max_batch_size, shuffle=shuffle, seed=cfg.seed
+    )
+
+
+def _dev_data(
+    cfg: FinetuneConfig, sample_rate: int
+) -> tuple[DataLoader, Manifest, CTCDataset] | None:
+    if not cfg.dev_manifest:
+        return None
+    manifest = read_manifest(cfg.dev_manifest)
+    dataset = CTCDataset(manifest)
+    sampler = _sampler(manifest, cfg, sample_rate, shuffle=False)
+    return _loader(dataset, sampler, cfg), manifest, dataset
+
+
+def build_vocab(cfg: FinetuneConfig) -> CharVocab:
+    """The output vocabulary: SUPERB's 28 characters + the CTC blank. The one place a task
+    choice (characters, phonemes) plugs in; head size, targets, decoding and the saved
+    head all follow the object returned here."""
+    return CharVocab()
+
+
+def trainable_upstream(upstream: nn.Module, ref: dict[str, Any], cfg: FinetuneConfig) -> nn.Module:
+    """The upstream made ready for end-to-end training: training-only parts (a distilled
+    student's cluster head) dropped, gradients on (the CNN's off with
+    freeze_feature_extractor)."""
+    kind = ref.get("kind")
+    if kind == "fbank":
+        raise ValueError("end_to_end: the fbank upstream has no weights to fine-tune")
+    if kind == "teacher":
+        raise ValueError(
+            "end_to_end: a HuBERT teacher stays frozen here; fine-tune a student, a bundle or "
+            "random:FACTORY end to end, or drop --end-to-end to train a head on the teacher"
+        )
+    _, _, slim = strip_for_inference(upstream)
+    slim.requires_grad_(True)
+    if cfg.freeze_feature_extractor:
+        cnn = getattr(slim, "feature_extractor", None)
+        if cnn is None:
+            raise ValueError(f"freeze_feature_extractor: {type(slim).__name__} has no CNN")
+        cnn.requires_grad_(False)
+    return slim
+
+
+def _run(cfg: FinetuneConfig) -> Path:
+    if cfg.end_to_end and cfg.feature_cache != "none":
+        logger.warning(
+            "feature_cache=%s disabled: end to end the upstream changes every step, so its "
+            "features cannot be cached",
+            cfg.feature_cache,
+        )
+        cfg = dataclasses.replace(cfg, feature_cache="none")
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
@@ -490,24 +453,28 @@ def _run(cfg: FinetuneConfig) -> Path:
     spec: str | dict[str, Any] = cfg.upstream
     if cfg.upstream == "fbank":
         spec = {"kind": "fbank", "path": None, "config": dict(cfg.fbank)}
-    upstream, upstream_ref = load_upstream(spec, device)
-    vocab = CharVocab()
+    upstream, upstream_ref = load_upstream(spec, device, seed=cfg.seed)
+    trained = None
+    if cfg.end_to_end:
+        trained = upstream = trainable_upstream(upstream, upstream_ref, cfg).to(device)
+    vocab = build_vocab(cfg)
     head_cfg = CTCHeadConfig(
         layer_dims=list(upstream.hidden_dims), vocab_size=len(vocab), **cfg.head
     )
     head = CTCHead(head_cfg).to(device)
     n_head = sum(p.numel() for p in head.parameters())
+    n_up = sum(p.numel() for p in upstream.parameters() if p.requires_grad) if trained else 0
     logger.info(
-        "upstream %s (%s layers, frozen); head %.2fM parameters on layers %s",
+        "upstream %s (%s layers, %s); head %.2fM parameters on layers %s",
         upstream_ref["kind"],
         len(upstream.hidden_dims),
+        f"{n_up / 1e6:.2f}M parameters trained end to end" if trained else "frozen",
         n_head / 1e6,
         head_cfg.layer_indices,
     )
     sr = int(upstream.sample_rate)
     if sr != SAMPLE_RATE:
         raise ValueError(f"expected a {SAMPLE_RATE} Hz upstream, found {sr}")
-    frame_seconds = 1.0 / float(upstream.frame_rate)
 
     max_samples = int(cfg.max_utterance_seconds * sr) if cfg.max_utterance_seconds else None
     train, dropped = filter_manifest(
@@ -516,167 +483,75 @@ def _run(cfg: FinetuneConfig) -> Path:
     if len(train) == 0:
         raise ValueError(f"{cfg.train_manifest}: no usable training utterances ({dropped})")
     dataset = CTCDataset(train)
-    sampler = LengthBucketSampler(
-        train.lengths,
-        int(cfg.max_batch_seconds * sr),
-        cfg.max_batch_size,
-        shuffle=True,
-        seed=cfg.seed,
-    )
-    # Loaders draw their worker seeds from their own generators, not the global RNG that
-    # dropout and SpecAugment use, so creating an iterator (resume, dev passes) changes nothing.
-    loader = DataLoader(
-        dataset,
-        batch_sampler=sampler,
-        collate_fn=collate_ctc,
-        num_workers=cfg.num_workers,
-        generator=torch.Generator().manual_seed(cfg.seed),
-    )
-    dev_manifest = read_manifest(cfg.dev_manifest) if cfg.dev_manifest else None
-    dev_dataset = CTCDataset(dev_manifest) if dev_manifest is not None else None
-    dev_loader = None
-    if dev_manifest is not None and dev_dataset is not None:
-        dev_sampler = LengthBucketSampler(
-            dev_manifest.lengths, int(cfg.max_batch_seconds * sr), cfg.max_batch_size, shuffle=False
-        )
-        dev_loader = DataLoader(
-            dev_dataset,
-            batch_sampler=dev_sampler,
-            collate_fn=collate_ctc,
-            num_workers=cfg.num_workers,
-            generator=torch.Generator().manual_seed(cfg.seed),
-        )
-
+    sampler = _sampler(train, cfg, sr, shuffle=True)
+    dev = _dev_data(cfg, sr)
     features = FeatureSource(
         upstream, device, cfg.precision, cfg.feature_cache, run_dir / "feature_cache", upstream_ref
     )
+    groups = [{"params": list(head.parameters()), "lr": cfg.lr}]
+    if trained is not None:  # one schedule, a lower rate for the upstream
+        groups.append({"params": list(trained.parameters()), "lr": cfg.lr * cfg.upstream_lr_scale})
     optimizer = torch.optim.Adam(
-        head.parameters(), lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay
+        groups, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay
     )
-    scheduler = linear_warmup_decay(optimizer, cfg.warmup_steps, cfg.max_steps, cfg.lr_final_ratio)
-    scaler = make_grad_scaler(device, cfg.precision)
-    tr = Trainer(cfg, device, head, vocab, features, optimizer, scheduler, scaler, train)
-    checkpointer = Checkpointer(run_dir / "checkpoints", keep_last=cfg.keep_checkpoints)
-    writer = summary_writer(run_dir / "tensorboard", enabled=cfg.tensorboard)
-    ckpt_extra = {
-        "finetune_config": cfg.to_dict(),
-        "head_config": head_cfg.to_dict(),
-        "upstream": upstream_ref,
-    }
-    summary = {
+    warmup = warmup_steps_for(cfg.max_steps, cfg.warmup_ratio, cfg.warmup_steps)
+    scheduler = linear_warmup_decay(optimizer, warmup, cfg.max_steps, cfg.lr_final_ratio)
+    summary: dict[str, Any] = {
         "upstream": upstream_ref,
         "head_parameters": n_head,
+        "end_to_end": cfg.end_to_end,
+        "upstream_parameters_trained": n_up,
+        "feature_cache": cfg.feature_cache,
         "train_utterances": len(train),
         "train_dropped": dropped,
-        "dev_utterances": len(dev_manifest) if dev_manifest is not None else 0,
+        "dev_utterances": len(dev[1]) if dev is not None else 0,
     }
-
-    state = TrainState()
-    latest = checkpointer.latest()
-    if latest is not None:
-        state, _ = checkpointer.load(
-            latest,
-            model=head,
-            optimizer=optimizer,
-            scheduler=scheduler,
-            scaler=scaler,
-            map_location=device,
-        )
-    elif cfg.oom_check:
-        _oom_check(tr, dataset, sampler)
-
-    def save_best(dev: dict[str, float] | None) -> None:
-        save_head(run_dir / BEST_DIR, head, vocab, upstream_ref, {"step": state.step, "dev": dev})
-
-    def checkpoint() -> None:
-        checkpointer.save(
-            state,
-            model=head,
-            optimizer=optimizer,
-            scheduler=scheduler,
-            scaler=scaler,
-            sampler_state=sampler.state_dict(state.batches_in_epoch),
-            extra=ckpt_extra,
-        )
-
-    last_step = min(cfg.max_steps, cfg.stop_at_step or cfg.max_steps)
-    bar = tqdm(
-        total=last_step,
-        initial=state.step,
-        disable=not cfg.progress,
-        desc="finetune-ctc",
-        unit="step",
+    task = CTCTask(
+        cfg,
+        device,
+        head,
+        vocab,
+        features,
+        train,
+        dataset,
+        run_dir,
+        upstream_ref,
+        summary,
+        dev,
+        1.0 / float(upstream.frame_rate),
+        trained,
     )
-    resume_offset = state.batches_in_epoch
-    done = state.step >= last_step or bool(state.extra.get("target_reached"))
+    loop = TrainLoop(
+        task=task,
+        config=LoopConfig.from_settings("finetune-ctc", cfg),
+        model=head if trained is None else ASRModel(trained, head),
+        optimizer=optimizer,
+        scheduler=scheduler,
+        sampler=sampler,
+        loader=_loader(dataset, sampler, cfg),
+        device=device,
+        run_dir=run_dir,
+        keep_checkpoints=cfg.keep_checkpoints,
+        tensorboard=cfg.tensorboard,
+        checkpoint_extra={
+            "finetune_config": cfg.to_dict(),
+            "head_config": head_cfg.to_dict(),
+            "upstream": upstream_ref,
+        },
+    )
+    state, resumed = loop.restore()
+    if state.extra.get("target_reached"):
+        state.extra["stopped_early"] = True
+    if not resumed and cfg.oom_check:
+        indices = largest_batch(sampler)
+        batch = collate_ctc([(i, dataset[i][1]) for i in indices])
+        loop.check_largest_batch(batch, step=cfg.freeze_upstream_steps if trained else 0)
+        logger.info("largest batch (%d utterances) fits", len(indices))
     started = time.perf_counter()
-    steps_run = 0
-    while not done:
-        sampler.set_epoch(state.epoch)
-        if resume_offset:
-            sampler.load_state_dict(
-                {"epoch": state.epoch, "seed": cfg.seed, "batches_consumed": resume_offset}
-            )
-            resume_offset = 0
-        if cfg.feature_cache != "none":  # workers skip decoding audio whose features are cached
-            dataset.skip = {i for i in range(len(train)) if features.cached("train", i)}
-        for indices, batch, loaded in loader:
-            state.batches_in_epoch += 1
-            logs = train_step(tr, indices, batch, loaded)
-            state.step += 1
-            steps_run += 1
-            bar.update(1)
-            if not math.isfinite(logs["loss"]):
-                logger.warning("step %d: non-finite loss %s", state.step, logs["loss"])
-            if state.step % cfg.log_every == 0:
-                log_scalars(writer, logs, state.step, "train")
-                bar.set_postfix(loss=f"{logs['loss']:.3f}")
-            # stop_at_step only pauses (checkpoint, no extra evaluation), so a resumed run
-            # equals an uninterrupted one; max_steps ends the run with a last evaluation.
-            at_end = state.step >= cfg.max_steps
-            final = state.step >= last_step
-            if (
-                dev_loader is not None
-                and dev_manifest is not None
-                and (state.step % cfg.eval_every == 0 or at_end)
-            ):
-                if cfg.feature_cache != "none" and dev_dataset is not None:
-                    dev_dataset.skip = {
-                        i for i in range(len(dev_manifest)) if features.cached("dev", i)
-                    }
-                dev = evaluate_dev(tr, dev_loader, dev_manifest, frame_seconds)
-                log_scalars(writer, dev, state.step, "dev")
-                entry = {"step": state.step, **dev}
-                state.extra["last_dev"] = entry
-                state.extra.setdefault("evaluations", []).append(entry)
-                if _is_better(dev, state.extra.get("best"), cfg.select_by):
-                    state.extra["best"] = entry
-                    save_best(dev)
-                logger.info(
-                    "step %d dev %s",
-                    state.step,
-                    json.dumps({k: round(v, 4) for k, v in dev.items()}),
-                )
-                if cfg.target_dev_cer is not None and dev["cer"] <= cfg.target_dev_cer:
-                    state.extra["target_reached"] = True
-                    final = True
-            elif dev_loader is None and (state.step % cfg.checkpoint_every == 0 or at_end):
-                state.extra["best"] = {"step": state.step}
-                save_best(None)  # no dev set: the latest head is the one to use
-            if state.step % cfg.checkpoint_every == 0 or final:
-                checkpoint()
-                _write_metrics(run_dir, state, summary)
-            if final:
-                done = True
-                break
-        else:
-            state.epoch += 1
-            state.batches_in_epoch = 0
-    bar.close()
-    writer.close()
-    elapsed = time.perf_counter() - started
-    summary["train_seconds_this_session"] = round(elapsed, 2)
-    summary["steps_this_session"] = steps_run
-    _write_metrics(run_dir, state, summary)
+    first_step = state.step
+    state = loop.run(state)
+    summary["train_seconds_this_session"] = round(time.perf_counter() - started, 2)
+    summary["steps_this_session"] = state.step - first_step
+    write_metrics(run_dir, state, summary)
     logger.info("finished at step %d; best %s", state.step, state.extra.get("best"))
     return run_dir

@@ -62,3 +62,28 @@ def write_tiny_teacher(out_dir: str | Path, num_classes: int = 20, seed: int = 0
     config = tiny_hubert_config()
     teacher = build_teacher(config, ProjectionHead(config.hidden_size, 16, num_classes))
     return teacher.save(out_dir)
+
+
+def write_labelled_tones(
+    out_dir: str | Path,
+    clips: list[tuple[float, str]],
+    seed: int = 0,
+    name: str = "eval",
+) -> Path:
+    """One tone-plus-noise clip per (seconds, transcript), float32 wav, and their manifest
+    `out_dir/{name}.tsv` (clip i at `c{i}.wav`, 220 (i + 1) Hz); for CTC mechanics tests."""
+    import torch
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    g = torch.Generator().manual_seed(seed)
+    entries = []
+    for i, (seconds, text) in enumerate(clips):
+        n = int(seconds * SAMPLE_RATE)
+        t = torch.arange(n) / SAMPLE_RATE
+        wave = 0.3 * torch.sin(2 * torch.pi * 220 * (i + 1) * t) + 0.05 * torch.randn(
+            n, generator=g
+        )
+        sf.write(out / f"c{i}.wav", wave.numpy(), SAMPLE_RATE, subtype="FLOAT")
+        entries.append(ManifestEntry(f"c{i}.wav", n, text))
+    return write_manifest(out / f"{name}.tsv", entries)

@@ -1,29 +1,33 @@
-"""HuBERT iteration 1 on a manifest: MFCC -> k-means units -> masked prediction.
+"""HuBERT pretraining of the mini teacher, iteration 1 or a later one.
 
-1. Features: 13 MFCCs + deltas + delta-deltas (39 dims) on 25 ms windows every 10 ms, without
-   centre padding, then every second frame: frame t covers samples [320 t, 320 t + 400), the
-   exact receptive field of HuBERT's CNN frame t, so there are as many feature frames as CNN
-   frames. Features are standardised with corpus statistics before clustering.
-2. k-means (scikit-learn MiniBatchKMeans) on a random subsample of frames; every utterance is
-   labelled (fairseq `.km`: one line of units per manifest row).
-3. Masked prediction: a transformers `HubertModel` with HuBERT's masking (p = 0.08, span 10)
-   and the pretraining head (`final_proj`, label embeddings, cosine / 0.1 logits); the loss is
-   the cross-entropy on masked frames (plus `unmasked_weight` x that on the others). Batches
-   are equal-length crops (the shortest item of a batch, at most `crop_seconds`), so no
-   padding enters HuBERT's per-utterance GroupNorm.
+1. Units (training/units.py), skipped when done: iteration 1 clusters MFCC frames
+   (13 MFCCs + deltas + delta-deltas, standardised); iteration n + 1 (`label_teacher`, e.g.
+   `teacher pretrain --label-teacher runs/demo/teacher`) clusters hidden layer `label_layer`
+   (default: the middle one) of the iteration-n teacher, as HuBERT's second iteration does
+   with layer 6 of its first Base model. k-means (MiniBatchKMeans) is fitted on a random
+   subset of frames; every utterance of the manifest (and of `--dev`) is labelled (fairseq
+   `.km`: one line of units per manifest row).
+2. Masked prediction: a fresh transformers `HubertModel` with HuBERT's masking (p = 0.08,
+   span 10) and the pretraining head (`final_proj`, label embeddings, cosine / 0.1 logits);
+   the loss is the cross-entropy on masked frames (plus `unmasked_weight` x that on the
+   others). Batches are equal-length crops (the shortest item of a batch, at most
+   `crop_seconds`), so no padding enters HuBERT's per-utterance GroupNorm. Training runs on the
+   shared loop (training/loop.py): schedule, logging, checkpoints and exact resume.
+3. Masked-unit accuracy in eval mode with fixed masks on dev utterances every `eval_every`
+   steps; `metrics.json` reports it per iteration (this run's and, from the label teacher's
+   metrics.json, the earlier ones). Each iteration predicts its own units, so the numbers
+   say how well a teacher predicts its targets, not which teacher is better downstream.
 
 The output directory is a teacher directory `HubertTeacher.from_hf_dir(out)` reads (written
-by `HubertTeacher.save`), plus `kmeans.safetensors` and `labels/<manifest>.km`.
-Training state goes to `out/checkpoints/` and resumes from the latest checkpoint.
+by `HubertTeacher.save`), plus `kmeans.safetensors`, `labels/<manifest>.km` and
+`metrics.json`. Training state goes to `out/checkpoints/` and resumes from the latest checkpoint.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import os
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -32,142 +36,52 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import yaml
-from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from model_training.data.audio import load_audio
-from model_training.data.manifest import read_km_labels, read_manifest, write_km_labels
+from model_training.data.manifest import Manifest, read_km_labels, read_manifest, write_km_labels
 from model_training.data.sampler import LengthBucketSampler
 from model_training.training.common import (
-    Checkpointer,
     TrainState,
-    autocast,
     linear_warmup_decay,
-    log_scalars,
-    make_grad_scaler,
     resolve_device,
     seed_everything,
-    summary_writer,
+    warmup_steps_for,
+)
+from model_training.training.loop import LoopConfig, TrainLoop
+from model_training.training.units import (
+    HOP,
+    KMEANS_FORMAT,
+    SAMPLE_RATE,
+    WINDOW,
+    TeacherLayerFeatures,
+    UnitKMeans,
+    fit_unit_kmeans,
+    frames_for,
+    label_manifest,
+    mfcc_features,
 )
 
 logger = logging.getLogger(__name__)
 
-HOP = 320
-WINDOW = 400
-SAMPLE_RATE = 16000
 KMEANS_FILE = "kmeans.safetensors"
-KMEANS_FORMAT = "hubert-lstm/mfcc-kmeans"
+METRICS_FILE = "metrics.json"
 
-
-# ----------------------------------------------------------------------------- features
-
-
-_MFCC: dict[str, nn.Module] = {}
-
-
-def mfcc_features(wave: Tensor) -> Tensor:
-    """(S,) 16 kHz waveform -> (T, 39) MFCC + deltas + delta-deltas at 50 Hz.
-
-    T = (S - 400) // 320 + 1, the frame count of HuBERT's CNN (0 frames when S < 400).
-    """
-    import torchaudio
-
-    if "mfcc" not in _MFCC:
-        _MFCC["mfcc"] = torchaudio.transforms.MFCC(
-            sample_rate=SAMPLE_RATE,
-            n_mfcc=13,
-            melkwargs={
-                "n_fft": WINDOW,
-                "win_length": WINDOW,
-                "hop_length": HOP // 2,
-                "n_mels": 40,
-                "center": False,
-            },
-        )
-    if wave.numel() < WINDOW:
-        return torch.zeros(0, 39)
-    with torch.no_grad():
-        mfcc = _MFCC["mfcc"](wave.float())  # (13, T100), frame i covers [160 i, 160 i + 400)
-        d1 = torchaudio.functional.compute_deltas(mfcc)
-        d2 = torchaudio.functional.compute_deltas(d1)
-        feats = torch.cat([mfcc, d1, d2], dim=0)[:, ::2].T.contiguous()  # (T, 39) at 50 Hz
-    expected = (wave.numel() - WINDOW) // HOP + 1
-    if feats.shape[0] != expected:
-        raise RuntimeError(f"MFCC frames {feats.shape[0]} != CNN frames {expected}")
-    return feats
-
-
-@dataclass
-class MfccKMeans:
-    """k-means units on standardised MFCC frames. centroids (C, 39); mean, std (39,)."""
-
-    centroids: Tensor
-    mean: Tensor
-    std: Tensor
-
-    @property
-    def num_classes(self) -> int:
-        return int(self.centroids.shape[0])
-
-    def predict(self, feats: Tensor) -> Tensor:
-        """(T, 39) -> (T,) long nearest-centroid units."""
-        x = (feats - self.mean) / self.std
-        return torch.cdist(x[None], self.centroids[None])[0].argmin(-1)
-
-    def save(self, path: str | os.PathLike) -> Path:
-        tensors = {"centroids": self.centroids, "mean": self.mean, "std": self.std}
-        save_file(
-            {k: v.float().contiguous() for k, v in tensors.items()},
-            str(path),
-            metadata={"format": KMEANS_FORMAT, "features": "mfcc39-50hz"},
-        )
-        return Path(path)
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> MfccKMeans:
-        with safe_open(str(path), framework="pt") as f:
-            if (f.metadata() or {}).get("format") != KMEANS_FORMAT:
-                raise ValueError(f"{path}: not a {KMEANS_FORMAT} file")
-            return cls(f.get_tensor("centroids"), f.get_tensor("mean"), f.get_tensor("std"))
-
-
-def fit_mfcc_kmeans(
-    features: Sequence[Tensor], num_clusters: int, max_frames: int = 200_000, seed: int = 0
-) -> MfccKMeans:
-    """MiniBatchKMeans on at most `max_frames` random frames of the standardised features."""
-    from sklearn.cluster import MiniBatchKMeans
-
-    allf = torch.cat(list(features), 0)
-    if allf.shape[0] < num_clusters:
-        raise ValueError(f"need >= {num_clusters} frames to fit k-means, found {allf.shape[0]}")
-    mean, std = allf.mean(0), allf.std(0).clamp_min(1e-5)
-    rng = np.random.default_rng(seed)
-    take = rng.choice(allf.shape[0], size=min(max_frames, allf.shape[0]), replace=False)
-    x = ((allf[take] - mean) / std).numpy()
-    km = MiniBatchKMeans(
-        n_clusters=num_clusters, batch_size=10_000, n_init=5, max_iter=100, random_state=seed
-    )
-    km.fit(x)
-    logger.info(
-        "k-means: %d clusters on %d frames, inertia/frame %.3f",
-        num_clusters,
-        len(x),
-        km.inertia_ / len(x),
-    )
-    return MfccKMeans(torch.from_numpy(km.cluster_centers_).float(), mean, std)
-
-
-def label_manifest(
-    kmeans: MfccKMeans, manifest_path: str | os.PathLike, out: str | os.PathLike
-) -> Path:
-    """Write the `.km` labels of every row of a manifest."""
-    manifest = read_manifest(manifest_path)
-    rows = [
-        kmeans.predict(mfcc_features(load_audio(manifest.audio_path(i)))).tolist()
-        for i in range(len(manifest))
-    ]
-    return write_km_labels(out, rows)
+__all__ = [
+    "HOP",
+    "KMEANS_FILE",
+    "KMEANS_FORMAT",
+    "SAMPLE_RATE",
+    "WINDOW",
+    "TeacherPretrainConfig",
+    "UnitKMeans",
+    "fit_unit_kmeans",
+    "frames_for",
+    "label_manifest",
+    "masked_prediction_loss",
+    "mfcc_features",
+    "pretrain_teacher",
+]
 
 
 # ----------------------------------------------------------------------------- config
@@ -175,10 +89,20 @@ def label_manifest(
 
 @dataclass
 class TeacherPretrainConfig:
-    """The mini teacher and its schedule (defaults: the demo teacher)."""
+    """The mini teacher and its schedule (defaults: the demo teacher).
+
+    label_teacher: None = iteration 1 (units from MFCCs); a teacher directory = the next
+        iteration (units from hidden layer `label_layer` of that teacher; None: its middle).
+    kmeans_max_frames: frames the k-means is fitted on (a random subset).
+    eval_every, eval_utterances: masked-unit accuracy (eval mode, fixed masks) on that many
+        dev utterances (`--dev`; else the first training utterances) every so many steps and
+        at the end.
+    """
 
     num_clusters: int = 100
     kmeans_max_frames: int = 200_000
+    label_teacher: str | None = None
+    label_layer: int | None = None
     hidden_size: int = 256
     num_layers: int = 6
     num_heads: int = 4
@@ -203,10 +127,13 @@ class TeacherPretrainConfig:
     device: str = "auto"
     precision: str = "fp32"
     log_every: int = 20
+    eval_every: int = 500
+    eval_utterances: int = 32
     checkpoint_every: int = 200
     keep_checkpoints: int = 2
     num_threads: int | None = None
     progress: bool = True
+    tensorboard: bool = True
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike | None, **overrides: Any) -> TeacherPretrainConfig:
@@ -237,6 +164,79 @@ class TeacherPretrainConfig:
             mask_time_prob=self.mask_prob,
             mask_time_length=self.mask_length,
         )
+
+
+# ----------------------------------------------------------------------------- units
+
+
+def prepare_labels(
+    cfg: TeacherPretrainConfig,
+    manifest_path: Path,
+    out: Path,
+    dev_manifest: Path | None = None,
+) -> tuple[Path, Path | None]:
+    """Stage 1 (skipped when done): the units' k-means and the `.km` labels of the manifest
+    (and of `dev_manifest`). Returns (train labels, dev labels or None)."""
+    km_path = out / "labels" / f"{manifest_path.stem}.km"
+    dev_km = out / "labels" / f"{dev_manifest.stem}.km" if dev_manifest else None
+    if (out / KMEANS_FILE).exists() and km_path.exists():
+        kmeans = UnitKMeans.load(out / KMEANS_FILE)
+        _check_units(kmeans, cfg, out)
+        logger.info("k-means and labels exist in %s: skipping stage 1", out)
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        manifest = read_manifest(manifest_path)
+        if cfg.label_teacher is None:  # iteration 1: MFCCs of every utterance
+            logger.info("MFCC features for %d utterances", len(manifest))
+            feats = [
+                mfcc_features(load_audio(manifest.audio_path(i))) for i in range(len(manifest))
+            ]
+            kmeans = fit_unit_kmeans(feats, cfg.num_clusters, cfg.kmeans_max_frames, cfg.seed)
+            kmeans.save(out / KMEANS_FILE)
+            write_km_labels(km_path, [kmeans.predict(f).tolist() for f in feats])
+        else:
+            device = str(resolve_device(cfg.device))
+            featurize = TeacherLayerFeatures(cfg.label_teacher, cfg.label_layer, device)
+            kmeans = _fit_on_teacher_layer(cfg, manifest, featurize)
+            kmeans.save(out / KMEANS_FILE)
+            label_manifest(kmeans, manifest_path, km_path, featurize)
+    if dev_manifest is not None and dev_km is not None and not dev_km.exists():
+        label_manifest(kmeans, dev_manifest, dev_km)
+    return km_path, dev_km
+
+
+def _check_units(kmeans: UnitKMeans, cfg: TeacherPretrainConfig, out: Path) -> None:
+    """Refuse to resume on units of another iteration (stale labels in `out`)."""
+    teacher = kmeans.features.get("teacher")
+    wanted = str(Path(cfg.label_teacher).resolve()) if cfg.label_teacher else None
+    layer_ok = cfg.label_layer is None or str(cfg.label_layer) == kmeans.features.get("layer")
+    if teacher != wanted or not layer_ok or kmeans.num_classes != cfg.num_clusters:
+        raise ValueError(
+            f"{out / KMEANS_FILE} holds units {kmeans.info()}, not those this config asks for "
+            f"(label_teacher {wanted}, layer {cfg.label_layer}, {cfg.num_clusters} clusters): "
+            "use another --out, or delete kmeans.safetensors and labels/"
+        )
+
+
+def _fit_on_teacher_layer(
+    cfg: TeacherPretrainConfig, manifest: Manifest, featurize: TeacherLayerFeatures
+) -> UnitKMeans:
+    """k-means on the teacher layer's frames of random utterances, until `kmeans_max_frames`
+    (the whole corpus's features would not fit in memory: D floats per frame)."""
+    order = np.random.default_rng(cfg.seed).permutation(len(manifest)).tolist()
+    feats: list[Tensor] = []
+    frames = 0
+    for i in order:
+        feats.append(featurize(load_audio(manifest.audio_path(i))))
+        frames += feats[-1].shape[0]
+        if frames >= cfg.kmeans_max_frames:
+            break
+    logger.info(
+        "teacher layer %d features: %d frames of %d utterances", featurize.layer, frames, len(feats)
+    )
+    kmeans = fit_unit_kmeans(feats, cfg.num_clusters, cfg.kmeans_max_frames, cfg.seed)
+    kmeans.features = featurize.info()
+    return kmeans
 
 
 # ----------------------------------------------------------------------------- training
@@ -294,27 +294,145 @@ def masked_prediction_loss(
     return loss, metrics
 
 
-def prepare_labels(cfg: TeacherPretrainConfig, manifest_path: Path, out: Path) -> Path:
-    """Stage 1 (skipped when done): MFCC k-means and the `.km` labels of the manifest."""
-    km_path = out / "labels" / f"{manifest_path.stem}.km"
-    if (out / KMEANS_FILE).exists() and km_path.exists():
-        logger.info("k-means and labels exist in %s: skipping stage 1", out)
-        return km_path
-    manifest = read_manifest(manifest_path)
-    logger.info("MFCC features for %d utterances", len(manifest))
-    feats = [mfcc_features(load_audio(manifest.audio_path(i))) for i in range(len(manifest))]
-    kmeans = fit_mfcc_kmeans(feats, cfg.num_clusters, cfg.kmeans_max_frames, cfg.seed)
-    out.mkdir(parents=True, exist_ok=True)
-    kmeans.save(out / KMEANS_FILE)
-    write_km_labels(km_path, [kmeans.predict(f).tolist() for f in feats])
-    return km_path
+@torch.no_grad()
+def masked_accuracy(
+    model: nn.ModuleDict, items: list[tuple[Tensor, Tensor]], cfg: TeacherPretrainConfig
+) -> dict[str, float]:
+    """Masked-unit accuracy and loss over `items` (wave (1, L), labels (1, T)) in eval mode,
+    frames weighted; masks come from a fixed seed and the global RNGs are left untouched."""
+    device = next(model.parameters()).device
+    np_state = np.random.get_state()
+    np.random.seed(cfg.seed)
+    model.eval()
+    correct = loss = masked = 0.0
+    try:
+        for wave, labels in items:
+            _, m = masked_prediction_loss(
+                model["hubert"], model["head"], wave.to(device), labels.to(device), cfg
+            )
+            n = round(m["mask_ratio"] * labels.numel())
+            correct += m["acc_masked"] * n
+            loss += m["loss_masked"] * n
+            masked += n
+    finally:
+        np.random.set_state(np_state)
+    return {
+        "acc_masked": correct / max(masked, 1.0),
+        "loss_masked": loss / max(masked, 1.0),
+        "masked_frames": masked,
+    }
+
+
+@dataclass
+class TeacherTask:
+    """Masked prediction as the shared loop sees it (see `loop.TrainingTask`)."""
+
+    cfg: TeacherPretrainConfig
+    device: torch.device
+    model: nn.ModuleDict  # {"hubert": HubertModel, "head": ProjectionHead}
+    eval_items: list[tuple[Tensor, Tensor]]
+    report: dict[str, Any]
+    out: Path
+
+    def start_epoch(self, epoch: int) -> None:
+        pass
+
+    def train_loss(
+        self, batch: tuple[Tensor, Tensor], step: int
+    ) -> tuple[Tensor, dict[str, float]]:
+        waves, labels = batch
+        self.model.train()
+        return masked_prediction_loss(
+            self.model["hubert"],
+            self.model["head"],
+            waves.to(self.device),
+            labels.to(self.device),
+            self.cfg,
+        )
+
+    def batch_seconds(self, batch: tuple[Tensor, Tensor]) -> float:
+        return batch[0].numel() / SAMPLE_RATE
+
+    def evaluate(self, state: TrainState) -> dict[str, float] | None:
+        return masked_accuracy(self.model, self.eval_items, self.cfg) if self.eval_items else None
+
+    def after_evaluation(self, state: TrainState, metrics: dict[str, float]) -> bool:
+        state.extra.setdefault("evaluations", []).append(state.extra["last_dev"])
+        return False
+
+    def before_checkpoint(self, state: TrainState) -> None:
+        write_report(self.out, state, self.report)
+
+
+class _CropBatches:
+    """The sampler's batches of the current epoch as equal-length crops (B, L) + labels."""
+
+    def __init__(
+        self,
+        sampler: LengthBucketSampler,
+        manifest: Manifest,
+        labels: list[list[int]],
+        usable: list[int],
+        crop: int,
+        seed: int,
+    ) -> None:
+        self.sampler, self.manifest, self.labels = sampler, manifest, labels
+        self.usable, self.crop, self.seed = usable, crop, seed
+
+    def __iter__(self):
+        for batch in self.sampler:
+            rows = [self.usable[i] for i in batch]
+            yield _batch(self.manifest, self.labels, rows, self.crop, self.seed, self.sampler.epoch)
+
+
+def write_report(out: Path, state: TrainState, report: dict[str, Any]) -> dict[str, Any]:
+    """OUT/metrics.json: this iteration's units, training and dev masked-unit accuracy, and
+    the same summary for every iteration so far (`iterations`)."""
+    this = {
+        "iteration": report["iteration"],
+        "units": report["units"],
+        "step": state.step,
+        "train": state.extra.get("last_train"),
+        "eval": state.extra.get("last_dev"),
+    }
+    metrics = {
+        **this,
+        "eval_set": report["eval_set"],
+        "evaluations": state.extra.get("evaluations", []),
+        "iterations": [*report["earlier"], this],
+    }
+    tmp = out / (METRICS_FILE + ".tmp")
+    tmp.write_text(json.dumps(metrics, indent=2) + "\n")
+    os.replace(tmp, out / METRICS_FILE)
+    return metrics
+
+
+def _earlier_iterations(label_teacher: str | None) -> tuple[int, list[dict[str, Any]]]:
+    """(this run's iteration number, the label teacher's own per-iteration summaries)."""
+    if label_teacher is None:
+        return 1, []
+    path = Path(label_teacher) / METRICS_FILE
+    if not path.is_file():  # a teacher from elsewhere: assume it was iteration 1
+        return 2, []
+    earlier = json.loads(path.read_text())
+    return int(earlier.get("iteration", 1)) + 1, list(earlier.get("iterations", []))
+
+
+def _eval_items(
+    manifest: Manifest, labels: list[list[int]], count: int, crop: int, seed: int
+) -> list[tuple[Tensor, Tensor]]:
+    """The first `count` utterances long enough for a frame, each a fixed crop."""
+    rows = [i for i in range(len(manifest)) if manifest[i].num_samples >= WINDOW + HOP][:count]
+    return [_batch(manifest, labels, [r], crop, seed, 0) for r in rows]
 
 
 def pretrain_teacher(
-    manifest_path: str | os.PathLike, out_dir: str | os.PathLike, cfg: TeacherPretrainConfig
+    manifest_path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    cfg: TeacherPretrainConfig,
+    dev_manifest: str | os.PathLike | None = None,
 ) -> Path:
     """Run all stages (resuming where a previous run stopped); returns the teacher dir."""
-    from tqdm import tqdm
     from transformers import HubertModel
 
     from model_training.models.teacher import HubertTeacher, ProjectionHead
@@ -322,8 +440,9 @@ def pretrain_teacher(
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     out, manifest_path = Path(out_dir), Path(manifest_path)
+    dev_path = Path(dev_manifest) if dev_manifest else None
     seed_everything(cfg.seed)
-    km_path = prepare_labels(cfg, manifest_path, out)
+    km_path, dev_km = prepare_labels(cfg, manifest_path, out, dev_path)
     manifest = read_manifest(manifest_path)
     labels = read_km_labels(km_path, expected_rows=len(manifest))
     device = resolve_device(cfg.device)
@@ -336,9 +455,8 @@ def pretrain_teacher(
         model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay
     )
     scheduler = linear_warmup_decay(
-        optimizer, round(cfg.warmup_ratio * cfg.max_steps), cfg.max_steps
+        optimizer, warmup_steps_for(cfg.max_steps, cfg.warmup_ratio), cfg.max_steps
     )
-    scaler = make_grad_scaler(device, cfg.precision)
     crop = int(cfg.crop_seconds * SAMPLE_RATE)
     lengths = [min(n, crop) for n in manifest.lengths]
     usable = [i for i, n in enumerate(lengths) if n >= WINDOW + HOP]
@@ -349,80 +467,61 @@ def pretrain_teacher(
         shuffle=True,
         seed=cfg.seed,
     )
-    checkpointer = Checkpointer(out / "checkpoints", keep_last=cfg.keep_checkpoints)
-    state = TrainState()
-    if checkpointer.latest() is not None:
-        state, _ = checkpointer.load(
-            model=model,
-            optimizer=optimizer,
-            scheduler=scheduler,
-            scaler=scaler,
-            map_location=device,
-        )
-    writer = summary_writer(out / "tensorboard")
+    if dev_path is not None and dev_km is not None:
+        dev = read_manifest(dev_path)
+        eval_items = _eval_items(dev, read_km_labels(dev_km), cfg.eval_utterances, crop, cfg.seed)
+    else:
+        eval_items = _eval_items(manifest, labels, cfg.eval_utterances, crop, cfg.seed)
+    iteration, earlier = _earlier_iterations(cfg.label_teacher)
+    report = {
+        "iteration": iteration,
+        "units": UnitKMeans.load(out / KMEANS_FILE).info(),
+        "eval_set": {
+            "manifest": str(dev_path or manifest_path),
+            "utterances": len(eval_items),
+            "seen_in_training": dev_path is None,
+        },
+        "earlier": earlier,
+    }
+    loop = TrainLoop(
+        task=TeacherTask(cfg, device, model, eval_items, report, out),
+        config=LoopConfig.from_settings("teacher", cfg),
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        sampler=sampler,
+        loader=_CropBatches(sampler, manifest, labels, usable, crop, cfg.seed),
+        device=device,
+        run_dir=out,
+        keep_checkpoints=cfg.keep_checkpoints,
+        tensorboard=cfg.tensorboard,
+        checkpoint_extra={"config": asdict(cfg)},
+    )
+    state, _ = loop.restore()
     params = sum(p.numel() for p in hubert.parameters())
     logger.info(
-        "teacher: %.2fM parameters, %d clusters, %d steps",
+        "teacher iteration %d: %.2fM parameters, %d clusters, %d steps",
+        iteration,
         params / 1e6,
         cfg.num_clusters,
         cfg.max_steps,
     )
-    bar = tqdm(total=cfg.max_steps, initial=state.step, disable=not cfg.progress, desc="teacher")
-    log_path = out / "train_log.jsonl"
-    while state.step < cfg.max_steps:
-        sampler.set_epoch(state.epoch)
-        if state.batches_in_epoch:
-            sampler.load_state_dict(
-                {"epoch": state.epoch, "seed": cfg.seed, "batches_consumed": state.batches_in_epoch}
-            )
-        for batch in sampler:
-            rows = [usable[i] for i in batch]
-            waves, labs = _batch(manifest, labels, rows, crop, cfg.seed, state.epoch)
-            with autocast(device, cfg.precision):
-                loss, metrics = masked_prediction_loss(
-                    model["hubert"], model["head"], waves.to(device), labs.to(device), cfg
-                )
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            metrics["grad_norm"] = float(
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            )
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
-            state.step += 1
-            state.batches_in_epoch += 1
-            bar.update(1)
-            if state.step % cfg.log_every == 0:
-                metrics["lr"] = scheduler.get_last_lr()[0]
-                log_scalars(writer, metrics, state.step, "teacher")
-                bar.set_postfix(loss=f"{metrics['loss']:.3f}", acc=f"{metrics['acc_masked']:.3f}")
-                with open(log_path, "a") as f:
-                    f.write(json.dumps({"step": state.step, **metrics}) + "\n")
-            if state.step % cfg.checkpoint_every == 0 or state.step == cfg.max_steps:
-                checkpointer.save(
-                    state,
-                    model=model,
-                    optimizer=optimizer,
-                    scheduler=scheduler,
-                    scaler=scaler,
-                    extra={"config": asdict(cfg)},
-                )
-            if state.step >= cfg.max_steps:
-                break
-        else:
-            state.epoch += 1
-            state.batches_in_epoch = 0
-    bar.close()
-    writer.close()
+    state = loop.run(state)
+    last = state.extra.get("last_dev") or {}
+    if eval_items and last.get("step") != state.step:  # e.g. a run finished by older code
+        state.extra["last_dev"] = {"step": state.step, **masked_accuracy(model, eval_items, cfg)}
+        loop.task.after_evaluation(state, state.extra["last_dev"])
     teacher = HubertTeacher(model["hubert"].cpu(), model["head"].cpu())
     teacher.save(out)
     (out / "pretrain_config.yaml").write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))
-    logger.info("teacher written to %s (labels %s)", out, km_path)
+    metrics = write_report(out, state, report)
+    logger.info(
+        "teacher written to %s (labels %s); masked-unit accuracy per iteration: %s",
+        out,
+        km_path,
+        [
+            (it["iteration"], (it.get("eval") or {}).get("acc_masked"))
+            for it in metrics["iterations"]
+        ],
+    )
     return out
-
-
-def frames_for(num_samples: int) -> int:
-    """CNN / MFCC frames of an utterance of `num_samples` samples."""
-    return max(0, math.floor((num_samples - WINDOW) / HOP) + 1)
