@@ -104,6 +104,25 @@ def test_resume_equals_uninterrupted(speech: Path, tmp_path) -> None:
     assert ma["evaluations"] == mb["evaluations"] and ma["best"] == mb["best"]
 
 
+def test_patience_stops_when_dev_stops_improving_and_keeps_the_best(
+    speech: Path, tmp_path
+) -> None:
+    # a vanishing lr: the head barely moves, so no evaluation after the first improves on it
+    opts = dict(max_steps=50, eval_every=2, checkpoint_every=50, max_batch_size=2)
+    config = _config(speech, tmp_path / "run", target_dev_cer=None, patience=3, **opts)
+    config.lr = 1e-12
+    run_dir = run(config)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert [e["step"] for e in metrics["evaluations"]] == [2, 4, 6, 8]
+    assert metrics["step"] == 8 and metrics["best"]["step"] == 2
+    config = _config(speech, tmp_path / "all", target_dev_cer=None, **opts)
+    config.lr = 1e-12
+    unlimited = run(config)
+    assert json.loads((unlimited / "metrics.json").read_text())["step"] == 50
+    with pytest.raises(ValueError, match="patience"):
+        FinetuneConfig(train_manifest="x", patience=0)
+
+
 @pytest.mark.parametrize("cache", ["memory", "disk"])
 def test_feature_cache_matches_on_the_fly(speech: Path, tmp_path, cache: str) -> None:
     opts = dict(max_steps=6, eval_every=3, checkpoint_every=6, max_batch_size=2)

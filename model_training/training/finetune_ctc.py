@@ -112,6 +112,9 @@ class FinetuneConfig:
         max_utterance_seconds: drop longer training utterances (None keeps all).
         eval_every, log_every, checkpoint_every, keep_checkpoints: in optimizer steps.
         target_dev_cer: stop once the dev CER is at or below this (None: run to the end).
+        patience: stop once this many evaluations in a row have not improved on the best
+            (None: run to the end); with a large max_steps, heads train until dev stops
+            improving.
         feature_cache: none | memory | disk (see the module docstring).
         precision: fp32 | bf16 | fp16 (autocast on CUDA only).
     """
@@ -143,6 +146,7 @@ class FinetuneConfig:
     checkpoint_every: int = 2000
     keep_checkpoints: int = 2
     target_dev_cer: float | None = None
+    patience: int | None = None
     # dev metric that picks best/ (ties: the other one). SUPERB: wer. Early in training an
     # empty transcript scores WER 1.0 and beats a useful one with insertions; cer then helps.
     select_by: str = "wer"
@@ -165,6 +169,8 @@ class FinetuneConfig:
             raise ValueError("train_manifest is required")
         if self.select_by not in ("wer", "cer"):
             raise ValueError(f"select_by must be 'wer' or 'cer', found {self.select_by!r}")
+        if self.patience is not None and self.patience < 1:
+            raise ValueError(f"patience must be >= 1 (or null), found {self.patience}")
         if self.feature_cache not in FEATURE_CACHE_MODES:
             raise ValueError(
                 f"feature_cache must be one of {FEATURE_CACHE_MODES}, found {self.feature_cache!r}"
@@ -291,6 +297,13 @@ class CTCTask:
         if self.cfg.target_dev_cer is not None and metrics["cer"] <= self.cfg.target_dev_cer:
             state.extra["target_reached"] = True
             return True
+        if self.cfg.patience is not None:
+            best_step = state.extra["best"]["step"]
+            since = sum(e["step"] > best_step for e in state.extra["evaluations"])
+            if since >= self.cfg.patience:
+                state.extra["stopped_no_improvement"] = {"best_step": best_step, "evals": since}
+                logger.info("dev has not improved for %d evaluations: stopping", since)
+                return True
         return False
 
     def before_checkpoint(self, state: TrainState) -> None:
