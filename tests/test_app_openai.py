@@ -4,16 +4,17 @@
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 from collections.abc import Iterator
 
 import pytest
-import uvicorn
 
 from app.main import create_app
-from tests.test_app_support import make_wav, test_settings, tiny_bundle_dir  # noqa: F401
+from tests.test_app_support import (  # noqa: F401
+    make_wav,
+    test_settings,
+    tiny_bundle_dir,
+    uvicorn_server,
+)
 
 openai = pytest.importorskip("openai")
 
@@ -23,25 +24,8 @@ API_KEY = "test-key"
 @pytest.fixture
 def server_url(tiny_bundle_dir) -> Iterator[str]:
     """Start uvicorn in a thread on a free loopback port; yield its base URL."""
-    app = create_app(test_settings(tiny_bundle_dir, api_key=API_KEY))
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(app, lifespan="on", log_config=None, access_log=False)
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(30)
-        sock.close()
+    with uvicorn_server(create_app(test_settings(tiny_bundle_dir, api_key=API_KEY))) as url:
+        yield url
 
 
 def test_openai_client_transcriptions(server_url, tmp_path):
