@@ -99,6 +99,7 @@ class Settings(BaseSettings):
         ge=1024,
         description="Largest base64 `audio` of one input_audio_buffer.append (OpenAI: 15 MiB).",
     )
+
     @field_validator("cors_origins", mode="before")
     @classmethod
     def _split_origins(cls, value: object) -> object:

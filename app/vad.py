@@ -44,10 +44,12 @@ class VadSettings:
 
 @dataclass
 class VadEvent:
-    """Speech started or stopped, at `ms` on the session's audio timeline."""
+    """Speech started or stopped, at `ms` on the session's audio timeline, decided at the
+    stream's frame `frame` (a stop ends the buffer after that frame)."""
 
     kind: Literal["started", "stopped"]
     ms: int
+    frame: int
 
 
 class CTCEnergyVAD:
@@ -64,8 +66,9 @@ class CTCEnergyVAD:
         """A new buffer begins (after a commit or clear)."""
         self.speaking = False
 
-    def update(self, step: StreamStep, origin_ms: float) -> list[VadEvent]:
-        """Events for the step's frames; `origin_ms` is the session time of frame 0."""
+    def update(self, step: StreamStep, origin_ms: float, floor_ms: float) -> list[VadEvent]:
+        """Events for the step's frames. `origin_ms`: session time of the stream's frame 0;
+        `floor_ms`: start of the current buffer (prefix padding never reaches before it)."""
         events: list[VadEvent] = []
         s = self.settings
         floor = s.energy_floor_db
@@ -75,7 +78,8 @@ class CTCEnergyVAD:
             nonblank = 1.0 - np.exp(step.log_probs[:, self.blank_id].numpy())
         energy = step.energy_db.numpy()
         for i in range(step.num_frames):
-            start_ms = origin_ms + (step.start_frame + i) * self.frame_ms
+            frame = step.start_frame + i
+            start_ms = origin_ms + frame * self.frame_ms
             end_ms = start_ms + self.frame_ms
             voiced = float(energy[i]) >= floor and (
                 nonblank is None or float(nonblank[i]) >= s.threshold
@@ -83,10 +87,10 @@ class CTCEnergyVAD:
             if voiced:
                 if not self.speaking:
                     self.speaking = True
-                    begin = max(origin_ms, start_ms - s.prefix_padding_ms)
-                    events.append(VadEvent("started", math.floor(begin)))
+                    begin = max(floor_ms, start_ms - s.prefix_padding_ms)
+                    events.append(VadEvent("started", math.floor(begin), frame))
                 self._last_voiced_ms = end_ms
             elif self.speaking and end_ms - self._last_voiced_ms >= s.silence_duration_ms:
                 self.speaking = False
-                events.append(VadEvent("stopped", math.floor(end_ms)))
+                events.append(VadEvent("stopped", math.floor(end_ms), frame))
         return events

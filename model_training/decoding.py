@@ -33,12 +33,14 @@ class Transcript:
 
 @dataclass
 class CharEmission:
-    """A character the moment greedy CTC emits it: its frame, time in seconds and probability."""
+    """A character the moment greedy CTC emits it: its frame, time in seconds, probability,
+    and the text it appended (the character, after a space when it starts a later word)."""
 
     char: str
     frame: int
     time: float
     prob: float
+    text: str
 
 
 @dataclass
@@ -95,15 +97,17 @@ class GreedyCTCDecoder:
                 self._flush(step)
                 continue
             char = vocab.tokens[token]
+            piece = char
             if not self._chars:
                 self._start = t
                 if self.words:
-                    pieces.append(" ")
-            pieces.append(char)
+                    piece = " " + char
+            pieces.append(piece)
             self._chars.append(char)
             self._char_probs.append(prob)
             self._end = t + 1
-            step.chars.append(CharEmission(char, t, round(t * self.frame_seconds, 3), prob))
+            time = round(t * self.frame_seconds, 3)
+            step.chars.append(CharEmission(char, t, time, prob, piece))
         self.frames += len(ids)
         step.text = "".join(pieces)
         return step

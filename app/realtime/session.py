@@ -27,7 +27,7 @@ import contextlib
 import logging
 import uuid
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -96,8 +96,11 @@ class SessionClosed(Exception):
 
 @dataclass
 class _Item:
+    """A buffer of audio that becomes one conversation item."""
+
     id: str
-    text: list[str]
+    start: int  # stream sample position (16 kHz) where its audio begins
+    text: list[str] = field(default_factory=list)
 
 
 class RealtimeSession:
@@ -139,7 +142,7 @@ class RealtimeSession:
         self.closed: SessionClosed | None = None
         self._resampler = StreamResampler(self.config.sample_rate)
         self._vad = self._make_vad()
-        self._open = _Item(new_id("item"), [])  # the item receiving audio
+        self._open = _Item(new_id("item"), 0)  # the item receiving audio
         self._items: deque[_Item] = deque([self._open])  # items the pump has not finished
         self._previous_item_id: str | None = None
         self._buffer_samples = 0  # 16 kHz samples in the open item
@@ -183,7 +186,7 @@ class RealtimeSession:
         """Binary frames are not part of the protocol."""
         self.error(
             ProtocolError(
-                "binary messages are not supported: send JSON text events", "invalid_event"
+                "binary messages are not supported: send JSON text events", code="invalid_event"
             )
         )
 
@@ -249,17 +252,29 @@ class RealtimeSession:
             ) from None
         self._buffer_samples += samples.size
 
-    def _commit(self, *, from_vad: bool = False) -> None:
+    def _commit(self) -> None:
+        """Client commit: the buffer ends here; its model state ends with it (so the item's
+        transcript is the offline transcript of its audio)."""
         tail = self._resampler.flush()
         if tail.size:
             self._push(tail)
-        if self._buffer_samples == 0 and not from_vad:
+        if self._buffer_samples == 0:
             raise ProtocolError(
                 "buffer too small: no audio was appended since the last commit",
                 code="input_audio_buffer_commit_empty",
             )
         item = self._open
         self.handle.mark("commit", item.id)
+        self._send_committed(item)
+        self._next_open(self.handle.pushed)
+
+    def _clear(self) -> None:
+        self._resampler.flush()
+        self.handle.mark("clear", self._open.id)
+        self._next_open(self.handle.pushed)
+        self._send({"type": "input_audio_buffer.cleared"})
+
+    def _send_committed(self, item: _Item) -> None:
         self._send(
             {
                 "type": "input_audio_buffer.committed",
@@ -268,17 +283,11 @@ class RealtimeSession:
             }
         )
         self._previous_item_id = item.id
-        self._open = _Item(new_id("item"), [])
-        self._items.append(self._open)
-        self._buffer_samples = 0
 
-    def _clear(self) -> None:
-        self._resampler.flush()
-        self.handle.mark("clear", self._open.id)
-        self._open = _Item(new_id("item"), [])
+    def _next_open(self, start: int) -> None:
+        self._open = _Item(new_id("item"), start)
         self._items.append(self._open)
-        self._buffer_samples = 0
-        self._send({"type": "input_audio_buffer.cleared"})
+        self._buffer_samples = self.handle.pushed - start
 
     # ------------------------------------------------------------------ stream outputs
     async def _run_pump(self) -> None:
@@ -309,42 +318,86 @@ class RealtimeSession:
                 )
             )
             raise SessionClosed(1011, "inference failed")
-        item = self._items[0]
-        origin_ms = out.origin * 1000 / MODEL_RATE
         if out.step is not None and out.step.num_frames:
-            step = out.step
-            if step.text:
-                item.text.append(step.text)
-                delta: dict[str, Any] = {
-                    "type": "conversation.item.input_audio_transcription.delta",
-                    "item_id": item.id,
-                    "content_index": 0,
-                    "delta": step.text,
-                }
-                if self.config.timing:
-                    first = step.chars[0]
-                    delta[EXTENSION] = {"audio_ms": round(origin_ms + first.time * 1000, 1)}
-                self._send(delta, origin=out.first_char_arrival)
-            self._embeddings(item, step, origin_ms)
-            if self._vad is not None:
-                for vad_event in self._vad.update(step, origin_ms):
-                    self._on_vad(item, vad_event)
+            self._on_step(out)
         if out.marker is not None:
-            self._items.popleft()
+            item = self._items.popleft()
             if self._vad is not None:
                 self._vad.reset()
             if out.marker.kind == "commit":
-                self._send(
-                    {
-                        "type": "conversation.item.input_audio_transcription.completed",
-                        "item_id": item.id,
-                        "content_index": 0,
-                        "transcript": "".join(item.text),
-                        "usage": {"type": "duration", "seconds": out.item_samples / MODEL_RATE},
-                    }
-                )
+                self._send_completed(item, out.marker.position)
 
-    def _on_vad(self, item: _Item, event: VadEvent) -> None:
+    def _on_step(self, out: StepOutput) -> None:
+        """Deltas, embeddings and VAD events of one step, in frame order.
+
+        A VAD stop ends the buffer after its frame: the model state runs on (no audio is
+        computed twice), and later characters of the same step go to the next item.
+        """
+        step = out.step
+        assert step is not None
+        origin_ms = out.origin * 1000 / MODEL_RATE
+        self._embeddings(self._items[0], step, origin_ms)
+        vad_events: list[VadEvent] = []
+        if self._vad is not None:
+            floor_ms = self._items[0].start * 1000 / MODEL_RATE
+            vad_events = self._vad.update(step, origin_ms, floor_ms)
+        pending: list[str] = []
+        first_ms: float | None = None
+        latency_origin = out.first_char_arrival
+
+        def flush() -> None:
+            nonlocal first_ms, latency_origin
+            if pending:
+                self._send_delta(self._items[0], "".join(pending), first_ms, latency_origin)
+                pending.clear()
+                first_ms, latency_origin = None, None
+
+        events = iter(vad_events)
+        event = next(events, None)
+        for char in step.chars:
+            while event is not None and (
+                event.frame < char.frame or (event.frame == char.frame and event.kind == "started")
+            ):
+                flush()
+                self._on_vad(event, out.origin)
+                event = next(events, None)
+            item = self._items[0]
+            piece = char.text if item.text or pending else char.text.lstrip()
+            pending.append(piece)
+            if first_ms is None:
+                first_ms = origin_ms + char.time * 1000
+        flush()
+        while event is not None:
+            self._on_vad(event, out.origin)
+            event = next(events, None)
+
+    def _send_delta(
+        self, item: _Item, text: str, audio_ms: float | None, origin: float | None
+    ) -> None:
+        item.text.append(text)
+        delta: dict[str, Any] = {
+            "type": "conversation.item.input_audio_transcription.delta",
+            "item_id": item.id,
+            "content_index": 0,
+            "delta": text,
+        }
+        if self.config.timing and audio_ms is not None:
+            delta[EXTENSION] = {"audio_ms": round(audio_ms, 1)}
+        self._send(delta, origin=origin)
+
+    def _send_completed(self, item: _Item, end: int) -> None:
+        self._send(
+            {
+                "type": "conversation.item.input_audio_transcription.completed",
+                "item_id": item.id,
+                "content_index": 0,
+                "transcript": "".join(item.text),
+                "usage": {"type": "duration", "seconds": (end - item.start) / MODEL_RATE},
+            }
+        )
+
+    def _on_vad(self, event: VadEvent, origin: int) -> None:
+        item = self._items[0]
         if event.kind == "started":
             self._send(
                 {
@@ -361,8 +414,13 @@ class RealtimeSession:
                 "item_id": item.id,
             }
         )
-        if item is self._open:  # else a client commit already ended this buffer
-            self._commit(from_vad=True)
+        if item is not self._open:
+            return  # a client commit already ended this buffer
+        end = origin + (event.frame + 1) * self.handle.batcher.model.hop
+        self._send_committed(item)
+        self._send_completed(item, end)
+        self._items.popleft()
+        self._next_open(end)
 
     def _embeddings(self, item: _Item, step: Any, origin_ms: float) -> None:
         for layer in self.config.embedding_layers:
