@@ -516,3 +516,37 @@ def test_models_lists_both_bundles_with_capabilities(server):
     assert models["tiny-test"].capabilities == ["embeddings", "transcriptions"]
     assert models[CAUSAL].capabilities == ["embeddings", "transcriptions", "realtime"]
     assert models[CAUSAL].role == "streaming"
+
+
+# ---------------------------------------------------------------------- stream=true uploads
+def wav_bytes(wave: np.ndarray, rate: int = 16_000) -> bytes:
+    import io
+
+    import soundfile as sf
+
+    buf = io.BytesIO()
+    sf.write(buf, wave, rate, format="WAV", subtype="FLOAT")
+    return buf.getvalue()
+
+
+def test_transcriptions_stream_true_with_the_official_client(server, causal):
+    client = openai.OpenAI(base_url=f"{server}/v1", api_key=API_KEY, max_retries=0)
+    wave = test_signal(24.0, seed=13).numpy()  # > 2 steps of 500 frames: deltas while computing
+    upload = ("long.wav", wav_bytes(wave), "audio/wav")
+
+    events = list(client.audio.transcriptions.create(model=CAUSAL, file=upload, stream=True))
+    deltas = [e for e in events if e.type == "transcript.text.delta"]
+    assert [e.type for e in events[len(deltas) :]] == ["transcript.text.done"]
+    assert len(deltas) >= 3
+    assert "".join(e.delta for e in deltas) == events[-1].text == offline_text(causal, wave)
+
+    short = ("short.wav", wav_bytes(test_signal(2.0, seed=14).numpy()), "audio/wav")
+    plain = client.audio.transcriptions.create(model="tiny-test", file=short)
+    streamed = list(client.audio.transcriptions.create(model="tiny-test", file=short, stream=True))
+    assert streamed[-1].type == "transcript.text.done" and streamed[-1].text == plain.text
+    assert "".join(e.delta for e in streamed[:-1]) == plain.text
+
+    with pytest.raises(openai.BadRequestError):
+        client.audio.transcriptions.create(
+            model=CAUSAL, file=short, stream=True, response_format="srt"
+        )

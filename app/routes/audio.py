@@ -16,6 +16,7 @@ from app.errors import BadRequestError
 from app.formatting import json_body, srt_body, verbose_json_body, vtt_body
 from app.inference import ItemResult
 from app.service import Service, unless_disconnected
+from app.sse import streamed_transcription
 from model_training.decoding import greedy_ctc_decode
 
 router = APIRouter(prefix="/v1/audio", tags=["audio"], dependencies=[Depends(require_api_key)])
@@ -37,7 +38,9 @@ class ORJSONResponse(Response):
 async def create_transcription(
     request: Request,
     file: Annotated[UploadFile, File(description="Audio file (wav, flac, mp3, ogg, webm, m4a).")],
-    model: Annotated[str | None, Form(description="Accepted for compatibility.")] = None,
+    model: Annotated[
+        str | None, Form(description="A served model id; others: the default.")
+    ] = None,
     language: Annotated[str | None, Form(description="Accepted; the model is English.")] = None,
     prompt: Annotated[str | None, Form(description="Accepted and ignored.")] = None,
     response_format: Annotated[ResponseFormat, Form()] = "json",
@@ -45,17 +48,33 @@ async def create_transcription(
     timestamp_granularities: Annotated[
         list[Granularity] | None, Form(alias="timestamp_granularities[]")
     ] = None,
+    stream: Annotated[
+        bool, Form(description="Server-sent events: transcript.text.delta, then .done.")
+    ] = False,
     service: Service = Depends(get_service),
 ) -> Response:
-    """Transcribe one file with greedy CTC decoding (no language model)."""
-    bundle, _ = service.require_ready()
+    """Transcribe one file with greedy CTC decoding (no language model).
+
+    `model` picks a served model by id (others, e.g. `whisper-1`, get the default one).
+    With `stream=true` (json or text format) the answer is server-sent events as OpenAI
+    sends them; a causal model streams the file through the step batcher, so deltas come
+    as the audio is computed, and the deltas joined are the `done` text.
+    """
+    bundle, _ = service.require_ready(model)
     if not bundle.has_ctc or bundle.vocab is None:
         raise BadRequestError(
             f"model {bundle.name!r} has no CTC head: it serves embeddings only", param="model"
         )
+    if stream and response_format not in ("json", "text"):
+        raise BadRequestError(
+            f"stream=true supports response_format json or text, found {response_format!r}",
+            param="response_format",
+        )
     data = await file.read()
     audio = await service.decode_upload(data, file.content_type)
-    result = await unless_disconnected(request, service.infer(audio.waveform))
+    if stream:
+        return await streamed_transcription(request, service, service.select(model), audio)
+    result = await unless_disconnected(request, service.infer(audio.waveform, model))
     assert result.log_probs is not None
     transcript = await service.run_torch(
         greedy_ctc_decode, result.log_probs, bundle.vocab, 1.0 / bundle.frame_rate
@@ -124,7 +143,9 @@ def _encode(values: Tensor, encoding_format: str) -> object:
 async def create_embeddings(
     request: Request,
     file: Annotated[list[UploadFile], File(description="One or more audio files.")],
-    model: Annotated[str | None, Form(description="Accepted for compatibility.")] = None,
+    model: Annotated[
+        str | None, Form(description="A served model id; others: the default.")
+    ] = None,
     layers: Annotated[str, Form(description="all | last | comma list, e.g. 0,2,-1")] = "last",
     pooling: Annotated[Literal["none", "mean"], Form()] = "none",
     encoding_format: Annotated[Literal["float", "base64"], Form()] = "float",
@@ -135,7 +156,7 @@ async def create_embeddings(
     `pooling=mean` averages over the file's frames (shape [D]); otherwise shape is [T, D].
     `base64` values are the raw little-endian float32 bytes, row-major.
     """
-    bundle, _ = service.require_ready()
+    bundle, _ = service.require_ready(model)
     if len(file) > service.settings.max_files:
         raise BadRequestError(
             f"{len(file)} files in one request, the limit is {service.settings.max_files}",
@@ -150,7 +171,7 @@ async def create_embeddings(
         )
     )
     results: list[ItemResult] = await unless_disconnected(
-        request, asyncio.gather(*(service.infer(audio.waveform) for audio in decoded))
+        request, asyncio.gather(*(service.infer(audio.waveform, model) for audio in decoded))
     )
     data = []
     for i, (upload, audio, result) in enumerate(zip(file, decoded, results, strict=True)):

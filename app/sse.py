@@ -1,0 +1,92 @@
+"""`stream=true` transcriptions: server-sent events as the official `openai` client reads them.
+
+    data: {"type": "transcript.text.delta", "delta": "HEL"}
+    data: {"type": "transcript.text.delta", "delta": "LO WORLD"}
+    data: {"type": "transcript.text.done", "text": "HELLO WORLD"}
+
+A causal model streams the decoded upload through its step batcher (one stream, at most
+`max_frames_per_step` frames per step, interleaved with the live streams), so deltas leave
+while later audio is still being computed. Other models compute the file in one batch and
+send one delta per word (computed before the response starts, so errors keep their HTTP
+status). Either way the deltas joined are the `done` text, which is the
+offline transcript. An error after the response started is sent as `data: {"error": ...}`,
+which the official client raises as an APIError.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import orjson
+from fastapi import Request
+from fastapi.responses import StreamingResponse
+
+from app.audio import DecodedAudio
+from app.errors import OverloadedError, error_body
+from app.service import ServedModel, Service, unless_disconnected
+from app.step_batcher import StreamHandle, StreamsFullError
+from model_training.decoding import Transcript, greedy_ctc_decode
+
+MEDIA_TYPE = "text/event-stream"
+
+
+def sse(event: dict) -> bytes:
+    """One server-sent event carrying JSON."""
+    return b"data: " + orjson.dumps(event) + b"\n\n"
+
+
+def delta_event(text: str) -> bytes:
+    return sse({"type": "transcript.text.delta", "delta": text})
+
+
+def done_event(text: str) -> bytes:
+    return sse({"type": "transcript.text.done", "text": text})
+
+
+async def streamed_transcription(
+    request: Request, service: Service, served: ServedModel, audio: DecodedAudio
+) -> StreamingResponse:
+    """The SSE response for one decoded upload (see module docstring)."""
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    if served.streams is None:  # compute first, so that errors keep their status codes
+        bundle = served.bundle
+        assert bundle.vocab is not None
+        result = await unless_disconnected(request, service.infer(audio.waveform, served.name))
+        assert result.log_probs is not None
+        transcript = await service.run_torch(
+            greedy_ctc_decode, result.log_probs, bundle.vocab, 1.0 / bundle.frame_rate
+        )
+        return StreamingResponse(_word_events(transcript), media_type=MEDIA_TYPE, headers=headers)
+    try:
+        handle = served.streams.open(bounded=False)
+    except StreamsFullError as exc:
+        raise OverloadedError(f"server busy: {exc}", retry_after_s=1) from exc
+    handle.push(audio.waveform.numpy())
+    handle.mark("commit")
+    return StreamingResponse(_stream_events(handle), media_type=MEDIA_TYPE, headers=headers)
+
+
+async def _stream_events(handle: StreamHandle) -> AsyncIterator[bytes]:
+    """Deltas as the step batcher computes them; the slot is freed however this ends."""
+    pieces: list[str] = []
+    try:
+        while True:
+            out = await handle.outputs.get()
+            if out.error is not None:
+                yield sse(error_body("server_error", f"transcription failed ({out.error})"))
+                return
+            if out.step is not None and out.step.text:
+                pieces.append(out.step.text)
+                yield delta_event(out.step.text)
+            if out.marker is not None:
+                yield done_event("".join(pieces))
+                return
+    finally:
+        handle.close()
+
+
+async def _word_events(transcript: Transcript) -> AsyncIterator[bytes]:
+    """A model that cannot stream: its transcript, a delta per word."""
+    for i, word in enumerate(transcript.words):
+        yield delta_event(word.word if i == 0 else " " + word.word)
+    yield done_event(transcript.text)
