@@ -131,10 +131,9 @@ class StreamHandle:
         """Queue a buffer boundary; its `StepOutput` follows the item's last frames."""
         if self.closed:
             raise StreamClosedError("stream is closed")
-        if kind == "clear":  # audio not yet taken is dropped right away
-            kept = deque(item for item in self.pending if isinstance(item, Marker))
-            self.pending_samples = 0
-            self.pending = kept
+        if kind == "clear":  # this buffer's audio not yet taken is dropped right away
+            while self.pending and not isinstance(self.pending[-1], Marker):
+                self.pending_samples -= self.pending.pop().size  # type: ignore[union-attr]
         self.pending.append(Marker(kind, tag, self.pushed))
         self.batcher.wake()
 

@@ -550,3 +550,54 @@ def test_transcriptions_stream_true_with_the_official_client(server, causal):
         client.audio.transcriptions.create(
             model=CAUSAL, file=short, stream=True, response_format="srt"
         )
+
+
+def test_stream_metrics_are_exported(server):
+    import httpx
+
+    data = pcm16(test_signal(1.0, seed=21).numpy())
+
+    async def run() -> str:
+        async with raw_connect(server) as ws:
+            c = Raw(ws)
+            await c.until("session.created")
+            await c.send(
+                {
+                    "type": "session.update",
+                    "session": {
+                        "type": "transcription",
+                        "audio": {
+                            "input": {
+                                "format": {"type": "audio/pcm", "rate": 16000},
+                                "turn_detection": None,
+                            }
+                        },
+                    },
+                }
+            )
+            await c.until("session.updated")
+            for pos in range(0, len(data), 3200):
+                await c.send(
+                    {"type": "input_audio_buffer.append", "audio": b64(data[pos : pos + 3200])}
+                )
+                await asyncio.sleep(0.01)
+            await c.send({"type": "input_audio_buffer.commit"})
+            await c.until(COMPLETED)
+        async with httpx.AsyncClient() as http:
+            return (await http.get(f"{server}/metrics")).text
+
+    text = asyncio.run(run())
+    assert metric_value(text, "hlstm_stream_delta_latency_seconds_count") > 0
+    assert metric_value(text, "hlstm_stream_real_time_factor_count") > 0
+    assert metric_value(text, "hlstm_stream_step_streams_count") > 0
+    assert metric_value(text, "hlstm_active_streams") >= 0
+
+
+async def test_a_non_causal_streaming_bundle_fails_start_up(tiny_bundle_dir):
+    from model_training.streaming import StreamingNotSupportedError
+    from tests.test_app_support import serve
+
+    settings = test_settings(tiny_bundle_dir, streaming_model_dir=tiny_bundle_dir)
+    with pytest.raises(StreamingNotSupportedError, match="not causal"):
+        async with serve(settings):
+            pass
