@@ -238,3 +238,18 @@ def test_lstm_cpu_quick(tmp_path: Path) -> None:
     assert scenarios == ["one_thread", "main_thread_ran_lstm", "decode_threads_resampled"]
     assert doc["thread_scenarios"][0]["slowdown_vs_one_thread"] == 1.0
     assert out.with_suffix(".md").exists()
+
+
+@pytest.mark.slow
+def test_streaming_load_quick(tmp_path: Path) -> None:
+    out = tmp_path / "streaming.json"
+    run_script("streaming_load.py", "--quick", "--out", str(out))
+    doc = json.loads(out.read_text())
+    check_header(doc, "streaming_load")
+    rows = {(r["server"], r["streams"]): r for r in doc["rows"]}
+    assert set(rows) == {(s, n) for s in ("batched", "unbatched") for n in (1, 2)}
+    for r in rows.values():
+        assert r["deltas"] > 0 and not r["connect_errors"]
+        assert r["latency_p50_s"] <= r["latency_p99_s"] <= r["latency_max_s"]
+    assert rows[("unbatched", 2)]["mean_streams_per_step"] == pytest.approx(1.0)
+    assert out.with_suffix(".png").exists()
