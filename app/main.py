@@ -19,7 +19,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from app.batcher import DynamicBatcher
 from app.errors import install_error_handlers
-from app.inference import make_run_batch, warm_up
+from app.inference import make_run_batch, warm_up, warm_up_streams
 from app.logs import configure_logging
 from app.metrics import Metrics
 from app.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
@@ -92,8 +92,11 @@ def create_app(settings: Settings | None = None, *, loader: BundleLoader | None 
                     f"streaming bundle {bundle.path} is not causal: " + "; ".join(problems)
                 )
         else:
+            streaming = StreamingModel(bundle)
+            if settings.warmup:
+                await service.run_torch(warm_up_streams, streaming)
             streams = StepBatcher(
-                StreamingModel(bundle),
+                streaming,
                 service.torch_worker.executor,
                 max_streams=settings.max_streams,
                 max_pending_s=settings.stream_max_buffer_s,
