@@ -44,11 +44,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 from common import RESULTS_DIR, grouped_bars, pyplot, save_figure, setup_logging, write_json
-from prometheus_client.parser import text_string_to_metric_families
-from service_load import Server, running
+from service_load import Server, running, scrape
 from websockets.asyncio.client import connect
 
 log = logging.getLogger("streaming_load")
@@ -204,19 +202,10 @@ async def run_client(
 # --- one level ------------------------------------------------------------------------------
 
 
-def scrape(url: str) -> dict[str, float]:
-    """Sums and counts of the streaming histograms."""
-    text = httpx.get(f"{url}/metrics", timeout=10).text
-    wanted = {
-        "hlstm_stream_step_streams_sum", "hlstm_stream_step_streams_count",
-        "hlstm_stream_real_time_factor_sum", "hlstm_stream_real_time_factor_count",
-    }  # fmt: skip
-    out: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name in wanted:
-                out[sample.name] = out.get(sample.name, 0.0) + float(sample.value)
-    return out
+STREAM_SAMPLES = frozenset({
+    "hlstm_stream_step_streams_sum", "hlstm_stream_step_streams_count",
+    "hlstm_stream_real_time_factor_sum", "hlstm_stream_real_time_factor_count",
+})  # fmt: skip
 
 
 def _ratio(after: dict[str, float], before: dict[str, float], name: str) -> float | None:
@@ -234,7 +223,7 @@ def percentile(values: list[float], q: float) -> float | None:
 
 async def run_level(server: Server, n: int, seconds: float, drain_s: float) -> dict[str, Any]:
     pcms = [synth_pcm(seconds, seed=i) for i in range(min(n, 8))]
-    before = scrape(server.url)
+    before = scrape(server.url, STREAM_SAMPLES)
     cpu0, wall0 = server.cpu_seconds(), time.monotonic()
     client0 = resource.getrusage(resource.RUSAGE_SELF)
     start_at = time.monotonic() + 2.0 + 0.02 * n  # time for everyone to connect
@@ -247,7 +236,7 @@ async def run_level(server: Server, n: int, seconds: float, drain_s: float) -> d
     wall = time.monotonic() - wall0
     cpu1 = server.cpu_seconds()
     client1 = resource.getrusage(resource.RUSAGE_SELF)
-    after = scrape(server.url)
+    after = scrape(server.url, STREAM_SAMPLES)
     latencies = [x for r in results for x in r.latencies]
     client_cpu = (client1.ru_utime + client1.ru_stime) - (client0.ru_utime + client0.ru_stime)
     row = {

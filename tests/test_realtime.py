@@ -124,6 +124,20 @@ class Raw:
                 return events
 
 
+def ga_update(rate: int = 16_000, turn_detection: dict | None = None, **extra) -> dict:
+    """A GA session.update event for a transcription session."""
+    audio_input = {"format": {"type": "audio/pcm", "rate": rate}, "turn_detection": turn_detection}
+    session = {"type": "transcription", "audio": {"input": audio_input}, **extra}
+    return {"type": "session.update", "session": session}
+
+
+async def configure(c: Raw, **kwargs) -> dict:
+    """Wait for session.created, send `ga_update(**kwargs)`, return session.updated."""
+    await c.until("session.created")
+    await c.send(ga_update(**kwargs))
+    return (await c.until("session.updated"))[-1]
+
+
 def raw_connect(server: str, query: str = "intent=transcription", **kwargs):
     headers = kwargs.pop("headers", {"Authorization": f"Bearer {API_KEY}"})
     return ws_connect(ws_url(server, query), additional_headers=headers, **kwargs)
@@ -232,23 +246,8 @@ def test_server_vad_events_and_commits(server, causal):
     async def run() -> list[dict]:
         async with raw_connect(server) as ws:
             c = Raw(ws)
-            await c.until("session.created")
             vad = {"type": "server_vad", "silence_duration_ms": 300, "prefix_padding_ms": 200}
-            await c.send(
-                {
-                    "type": "session.update",
-                    "session": {
-                        "type": "transcription",
-                        "audio": {
-                            "input": {
-                                "format": {"type": "audio/pcm", "rate": 16000},
-                                "turn_detection": vad,
-                            }
-                        },
-                    },
-                }
-            )
-            await c.until("session.updated")
+            await configure(c, turn_detection=vad)
             for pos in range(0, len(data), 3200):
                 await c.send(
                     {"type": "input_audio_buffer.append", "audio": b64(data[pos : pos + 3200])}
@@ -333,18 +332,7 @@ def test_bad_input_gets_error_events_and_the_session_lives_on(server, causal):
             "audio_too_large",
         ),
         (json.dumps({"type": "input_audio_buffer.commit"}), "input_audio_buffer_commit_empty"),
-        (
-            json.dumps(
-                {
-                    "type": "session.update",
-                    "session": {
-                        "type": "transcription",
-                        "audio": {"input": {"format": {"type": "audio/pcm", "rate": 8000}}},
-                    },
-                }
-            ),
-            "invalid_value",
-        ),
+        (json.dumps(ga_update(rate=8000)), "invalid_value"),
         (json.dumps({"type": "session.update", "session": {"type": "realtime"}}), "invalid_value"),
         (
             json.dumps(
@@ -369,20 +357,7 @@ def test_bad_input_gets_error_events_and_the_session_lives_on(server, causal):
             binary = await c.recv()
             # an append that would leave over 2 s waiting is refused, the audio dropped
             big = pcm16(np.zeros(16_000 * 3, dtype=np.float32))
-            await c.send(
-                {
-                    "type": "session.update",
-                    "session": {
-                        "type": "transcription",
-                        "audio": {
-                            "input": {
-                                "format": {"type": "audio/pcm", "rate": 16000},
-                                "turn_detection": None,
-                            }
-                        },
-                    },
-                }
-            )
+            await c.send(ga_update())
             await c.until("session.updated")
             await c.send({"type": "input_audio_buffer.append", "audio": b64(big)})
             # then the session still transcribes
@@ -448,23 +423,7 @@ def test_embedding_extension_frames_equal_offline_hidden_states(server, causal):
     async def run() -> list[dict]:
         async with raw_connect(server) as ws:
             c = Raw(ws)
-            await c.until("session.created")
-            await c.send(
-                {
-                    "type": "session.update",
-                    "session": {
-                        "type": "transcription",
-                        "audio": {
-                            "input": {
-                                "format": {"type": "audio/pcm", "rate": 16000},
-                                "turn_detection": None,
-                            }
-                        },
-                        "hubert_lstm": {"embedding_layers": [0, -1], "timing": True},
-                    },
-                }
-            )
-            updated = (await c.until("session.updated"))[-1]
+            updated = await configure(c, hubert_lstm={"embedding_layers": [0, -1], "timing": True})
             assert updated["session"]["hubert_lstm"]["embedding_layers"] == [0, 2]
             for pos in range(0, len(data), 1234):
                 await c.send(
@@ -560,22 +519,7 @@ def test_stream_metrics_are_exported(server):
     async def run() -> str:
         async with raw_connect(server) as ws:
             c = Raw(ws)
-            await c.until("session.created")
-            await c.send(
-                {
-                    "type": "session.update",
-                    "session": {
-                        "type": "transcription",
-                        "audio": {
-                            "input": {
-                                "format": {"type": "audio/pcm", "rate": 16000},
-                                "turn_detection": None,
-                            }
-                        },
-                    },
-                }
-            )
-            await c.until("session.updated")
+            await configure(c)
             for pos in range(0, len(data), 3200):
                 await c.send(
                     {"type": "input_audio_buffer.append", "audio": b64(data[pos : pos + 3200])}
