@@ -100,6 +100,7 @@ def create_app(settings: Settings | None = None, *, loader: BundleLoader | None 
                 service.torch_worker.executor,
                 max_streams=settings.max_streams,
                 max_pending_s=settings.stream_max_buffer_s,
+                max_wait_ms=settings.stream_step_wait_ms,
                 batched=settings.stream_step_batching,
                 observer=metrics,
             )

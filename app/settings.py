@@ -88,6 +88,11 @@ class Settings(BaseSettings):
         description="Advance all streams' pending audio in one batched step (off: one "
         "forward per stream, the baseline of benchmarks/streaming_load.py).",
     )
+    stream_step_wait_ms: float = Field(
+        20.0,
+        ge=0,
+        description="Longest wait for other live streams' audio to join a batched step.",
+    )
     stream_max_buffer_s: float = Field(
         30.0, gt=0, description="Seconds of audio a live stream may have waiting for the model."
     )

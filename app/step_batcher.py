@@ -4,7 +4,10 @@ Triton's sequence-batching idea for the causal student (`model_training/streamin
 open stream has a handle; clients `push` 16 kHz samples and `commit`/`clear` markers without
 waiting (the event loop never blocks on inference). A collector task takes everything pending
 across all streams and runs ONE `StreamingModel.step` with their stacked states on the
-service's torch thread; while it runs, new audio gathers for the next step. Outputs (frames,
+service's torch thread; while it runs, new audio gathers for the next step, and an idle
+collector gives the other streams up to `max_wait_ms` to join a step (real-time clients send
+their chunks at different instants: without the wait, a fast step would take one stream at a
+time and stacking would only begin once the server falls behind). Outputs (frames,
 text deltas, final words at a commit) go to each handle's queue in order.
 
 Bounds: at most `max_streams` open handles (`StreamsFullError`), at most `max_pending_s` of
@@ -103,6 +106,7 @@ class StreamHandle:
     pending_samples: int = 0
     pushed: int = 0  # samples pushed since open (the stream timeline)
     arrivals: deque[tuple[int, float]] = field(default_factory=deque)  # (end position, time)
+    pending_since: float | None = None  # arrival of the oldest audio not yet taken
     state: StreamState | None = None  # touched on the torch thread only
     origin: int = 0  # stream position of the state's frame 0
     closed: bool = False
@@ -121,10 +125,13 @@ class StreamHandle:
                 raise BufferFullError("the client is not reading the server's events")
         if samples.size == 0:
             return
+        now = time.monotonic()
         self.pending.append(np.ascontiguousarray(samples, dtype=np.float32))
         self.pending_samples += samples.size
         self.pushed += samples.size
-        self.arrivals.append((self.pushed, time.monotonic()))
+        self.arrivals.append((self.pushed, now))
+        if self.pending_since is None:
+            self.pending_since = now
         self.batcher.wake()
 
     def mark(self, kind: Literal["commit", "clear"], tag: object = None) -> None:
@@ -163,6 +170,8 @@ class StepBatcher:
         max_streams: open handles allowed.
         max_pending_s: seconds of audio a (bounded) handle may have waiting.
         max_unread: outputs waiting to be read before `push` refuses more audio.
+        max_wait_ms: how long the oldest waiting audio may wait for other streams' audio to
+            join its step (while some open streams have none); 0 steps at once.
         batched: False runs one forward per stream (baseline).
         observer: metrics hooks.
     """
@@ -175,6 +184,7 @@ class StepBatcher:
         max_streams: int = 128,
         max_pending_s: float = 30.0,
         max_unread: int = 1000,
+        max_wait_ms: float = 20.0,
         batched: bool = True,
         observer: StepObserver | None = None,
     ) -> None:
@@ -185,6 +195,7 @@ class StepBatcher:
         self.max_streams = max_streams
         self.max_pending = int(max_pending_s * 16_000)
         self.max_unread = max_unread
+        self.max_wait_s = max_wait_ms / 1000.0
         self.batched = batched
         self.observer = observer
         self.handles: dict[int, StreamHandle] = {}
@@ -273,6 +284,8 @@ class StepBatcher:
                 chunks.append(item)
                 handle.pending_samples -= item.size
         chunk = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
+        if not any(isinstance(item, np.ndarray) for item in handle.pending):
+            handle.pending_since = None
         arrivals = list(handle.arrivals)
         return _Work(handle, chunk, markers, arrivals)
 
@@ -284,6 +297,8 @@ class StepBatcher:
             if not ready:
                 self._wakeup.clear()
                 await self._wakeup.wait()
+                continue
+            if await self._gather(ready):
                 continue
             if self.batched:
                 groups = [ready]
@@ -302,6 +317,23 @@ class StepBatcher:
                         w.handle.close()
                     continue
                 self._deliver(work, results, time.monotonic() - started)
+
+    async def _gather(self, ready: list[StreamHandle]) -> bool:
+        """Batched mode: let streams without audio join this step until the oldest waiting
+        audio has waited `max_wait_ms`. True when it waited (the caller looks again)."""
+        if not self.batched or self.max_wait_s <= 0 or len(ready) >= len(self.handles):
+            return False
+        since = [h.pending_since for h in ready if h.pending_since is not None]
+        if not since:
+            return False
+        remaining = min(since) + self.max_wait_s - time.monotonic()
+        if remaining <= 0:
+            return False
+        assert self._wakeup is not None
+        self._wakeup.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wakeup.wait(), remaining)
+        return True
 
     def _compute(self, work: Sequence[_Work]) -> list[list[StepOutput]]:
         """Torch thread: one batched step, then the markers the streams reached."""

@@ -102,10 +102,10 @@ def build_bundle(out_dir: Path, quick: bool) -> tuple[Path, dict[str, Any]]:
     }
 
 
-def synth_pcm(seconds: float, seed: int) -> bytes:
-    """24 kHz PCM16: harmonics under a syllable-rate envelope plus noise (speech-like level)."""
+def synth_pcm(seconds: float, seed: int, rate: int = CLIENT_RATE) -> bytes:
+    """PCM16: harmonics under a syllable-rate envelope plus noise (speech-like level)."""
     rng = np.random.default_rng(seed)
-    t = np.arange(int(seconds * CLIENT_RATE)) / CLIENT_RATE
+    t = np.arange(int(seconds * rate)) / rate
     f0 = rng.uniform(100, 220)
     voiced = sum(np.sin(2 * np.pi * f0 * k * t) / k for k in range(1, 6))
     envelope = 0.5 * (1 + np.sin(2 * np.pi * rng.uniform(3, 5) * t))
@@ -279,43 +279,106 @@ def _num(v: float | None) -> str:
 # --- main -----------------------------------------------------------------------------------
 
 
+def model_steps(
+    bundle_dir: Path, levels: list[int], repeats: int, threads: int
+) -> list[dict[str, Any]]:
+    """The model alone, in this process: 100 ms for N streams as one stacked step vs N steps.
+
+    Interleaved repeats (stacked, separate, stacked, ...) so machine load hits both alike;
+    medians. A stream keeps up while the time per 100 ms of audio stays under 100 ms.
+    """
+    import torch
+
+    from model_training.bundle import load_bundle
+    from model_training.streaming import StreamingModel
+
+    torch.set_num_threads(threads)
+    model = StreamingModel(load_bundle(bundle_dir))
+    pcm = np.frombuffer(synth_pcm(CHUNK_S, seed=0, rate=16_000), dtype="<i2")
+    chunk = torch.from_numpy(pcm.astype(np.float32) / 32768.0)  # 100 ms at 16 kHz
+    rows = []
+    for n in levels:
+        stacked_states = [model.new_state() for _ in range(n)]
+        single_states = [model.new_state() for _ in range(n)]
+        model.step(stacked_states, [chunk] * n)  # warm-up, and past the first frame's samples
+        for state in single_states:
+            model.step([state], [chunk])
+        stacked, separate = [], []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            model.step(stacked_states, [chunk] * n)
+            stacked.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            for state in single_states:
+                model.step([state], [chunk])
+            separate.append(time.perf_counter() - t0)
+        row = {
+            "streams": n,
+            "stacked_ms_per_100ms": 1000 * statistics.median(stacked),
+            "separate_ms_per_100ms": 1000 * statistics.median(separate),
+        }
+        row["speedup"] = row["separate_ms_per_100ms"] / row["stacked_ms_per_100ms"]
+        rows.append(row)
+        log.info(
+            "model only, N=%-3d 100 ms of audio: stacked %.1f ms, separate %.1f ms (x%.1f)",
+            n, row["stacked_ms_per_100ms"], row["separate_ms_per_100ms"], row["speedup"],
+        )  # fmt: skip
+    return rows
+
+
+def run_service(
+    bundle_dir: Path, levels: list[int], args: argparse.Namespace, tmp: Path
+) -> list[dict[str, Any]]:
+    """Both servers, every level (see module docstring)."""
+    env = {
+        "HLSTM_MODEL_DIR": str(bundle_dir),
+        "HLSTM_DEVICE": "cpu",
+        "HLSTM_TORCH_THREADS": str(args.torch_threads),
+        "HLSTM_MAX_STREAMS": str(max(levels) + 8),
+        "HLSTM_JSON_LOGS": "false",
+        "HLSTM_LOG_LEVEL": "WARNING",
+        "HLSTM_STREAM_IDLE_TIMEOUT_S": "600",
+    }
+    servers = [
+        Server("batched", {**env, "HLSTM_STREAM_STEP_BATCHING": "true"}, tmp / "b.log"),
+        Server("unbatched", {**env, "HLSTM_STREAM_STEP_BATCHING": "false"}, tmp / "u.log"),
+    ]
+    rows = []
+    with running(servers, timeout_s=180):
+        for i, n in enumerate(levels):
+            order = servers if i % 2 == 0 else servers[::-1]
+            for server in order:
+                rows.append(asyncio.run(run_level(server, n, args.seconds, args.drain_s)))
+                time.sleep(1.0)  # let the server drop what the last level left
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--levels", default="1,8,32,64,128", help="concurrent streams")
     parser.add_argument("--seconds", type=float, default=15.0, help="audio per client")
     parser.add_argument("--drain-s", type=float, default=10.0, help="wait after commit")
     parser.add_argument("--torch-threads", type=int, default=1, help="HLSTM_TORCH_THREADS")
+    parser.add_argument("--parts", default="service,model", help="service and/or model")
+    parser.add_argument("--repeats", type=int, default=7, help="model part: timed repeats")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "streaming_load.json")
     parser.add_argument("--quick", action="store_true", help="tiny model, N=1,2, 2 s")
     args = parser.parse_args(argv)
     setup_logging()
     if args.quick:
-        args.levels, args.seconds, args.drain_s = "1,2", 2.0, 5.0
+        args.levels, args.seconds, args.drain_s, args.repeats = "1,2", 2.0, 5.0, 2
     levels = [int(v) for v in args.levels.split(",")]
+    parts = set(args.parts.split(","))
+    if not parts or parts - {"service", "model"}:
+        parser.error(f"--parts takes service and/or model, found {args.parts!r}")
+    rows: list[dict[str, Any]] = []
+    model_rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         bundle_dir, bundle_facts = build_bundle(Path(tmp), args.quick)
-        env = {
-            "HLSTM_MODEL_DIR": str(bundle_dir),
-            "HLSTM_DEVICE": "cpu",
-            "HLSTM_TORCH_THREADS": str(args.torch_threads),
-            "HLSTM_MAX_STREAMS": str(max(levels) + 8),
-            "HLSTM_JSON_LOGS": "false",
-            "HLSTM_LOG_LEVEL": "WARNING",
-            "HLSTM_STREAM_IDLE_TIMEOUT_S": "600",
-        }
-        servers = [
-            Server("batched", {**env, "HLSTM_STREAM_STEP_BATCHING": "true"}, Path(tmp) / "b.log"),
-            Server(
-                "unbatched", {**env, "HLSTM_STREAM_STEP_BATCHING": "false"}, Path(tmp) / "u.log"
-            ),
-        ]
-        rows = []
-        with running(servers, timeout_s=180):
-            for i, n in enumerate(levels):
-                order = servers if i % 2 == 0 else servers[::-1]
-                for server in order:
-                    rows.append(asyncio.run(run_level(server, n, args.seconds, args.drain_s)))
-                    time.sleep(1.0)  # let the server drop what the last level left
+        if "service" in parts:
+            rows = run_service(bundle_dir, levels, args, Path(tmp))
+        if "model" in parts:
+            model_rows = model_steps(bundle_dir, levels, args.repeats, args.torch_threads)
     best = max(
         (r["streams"] for r in rows if r["server"] == "batched" and _meets_target(r)), default=0
     )
@@ -326,19 +389,22 @@ def main(argv: list[str] | None = None) -> int:
             "bundle": bundle_facts,
             "settings": {
                 "levels": levels,
+                "parts": sorted(parts),
                 "seconds_per_client": args.seconds,
                 "chunk_s": CHUNK_S,
                 "client_rate": CLIENT_RATE,
                 "torch_threads": args.torch_threads,
                 "fell_behind_after_s": BEHIND_S,
                 "drain_s": args.drain_s,
+                "repeats": args.repeats,
             },
             "target": "p99 delta latency <= 0.5 s and no stream behind",
-            "most_streams_meeting_target_batched": best,
+            "most_streams_meeting_target_batched": best if rows else None,
             "rows": rows,
+            "model_only": model_rows,
         },
     )
-    plot(rows, args.out.with_suffix(".png"))
+    plot(rows, model_rows, args.out.with_suffix(".png"))
     return 0
 
 
@@ -347,35 +413,52 @@ def _meets_target(row: dict[str, Any]) -> bool:
     return p99 is not None and p99 <= 0.5 and row["fell_behind"] == 0
 
 
-def plot(rows: list[dict[str, Any]], path: Path) -> None:
+def plot(rows: list[dict[str, Any]], model_rows: list[dict[str, Any]], path: Path) -> None:
     plt = pyplot()
     if plt is None:
         return
-    levels = sorted({r["streams"] for r in rows})
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    by = {(r["server"], r["streams"]): r for r in rows}
-    for name in ("batched", "unbatched"):
-        p99 = [by[(name, n)]["latency_p99_s"] for n in levels]
-        axes[0].plot(levels, [v if v is not None else float("nan") for v in p99], "o-", label=name)
-    axes[0].axhline(0.5, color="grey", ls="--", lw=1, label="target 0.5 s")
-    axes[0].set_xscale("log", base=2)
-    axes[0].set_yscale("log")
-    axes[0].set_xlabel("concurrent real-time streams")
-    axes[0].set_ylabel("p99 delta latency (s)")
-    axes[0].legend(fontsize=8)
-    axes[0].grid(alpha=0.3)
-    grouped_bars(
-        axes[1],
-        [str(n) for n in levels],
-        {
-            name: [float(by[(name, n)]["fell_behind"]) for n in levels]
-            for name in ("batched", "unbatched")
-        },
-        "streams that fell behind",
-        fmt="{:.0f}",
-    )
-    axes[1].set_xlabel("concurrent streams")
-    fig.suptitle("Realtime transcription under load (2-core CPU, shared)", fontsize=10)
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    if rows:
+        levels = sorted({r["streams"] for r in rows})
+        by = {(r["server"], r["streams"]): r for r in rows}
+        for name in ("batched", "unbatched"):
+            p99 = [by[(name, n)]["latency_p99_s"] for n in levels]
+            axes[0].plot(
+                levels, [v if v is not None else float("nan") for v in p99], "o-", label=name
+            )
+        axes[0].axhline(0.5, color="grey", ls="--", lw=1, label="target 0.5 s")
+        axes[0].set_xscale("log", base=2)
+        axes[0].set_yscale("log")
+        axes[0].set_xlabel("concurrent real-time streams")
+        axes[0].set_ylabel("p99 delta latency (s)")
+        axes[0].legend(fontsize=8)
+        axes[0].grid(alpha=0.3)
+        grouped_bars(
+            axes[1],
+            [str(n) for n in levels],
+            {
+                name: [float(by[(name, n)]["fell_behind"]) for n in levels]
+                for name in ("batched", "unbatched")
+            },
+            "streams that fell behind",
+            fmt="{:.0f}",
+        )
+        axes[1].set_xlabel("concurrent streams (service)")
+    if model_rows:
+        grouped_bars(
+            axes[2],
+            [str(r["streams"]) for r in model_rows],
+            {
+                "stacked (one step)": [r["stacked_ms_per_100ms"] for r in model_rows],
+                "separate steps": [r["separate_ms_per_100ms"] for r in model_rows],
+            },
+            "ms per 100 ms of audio (model only)",
+            log_scale=True,
+            fmt="{:.0f}",
+        )
+        axes[2].axhline(100, color="grey", ls="--", lw=1)
+        axes[2].set_xlabel("streams")
+    fig.suptitle("Live streams on the shared 2-core CPU (1 torch thread)", fontsize=10)
     save_figure(fig, path)
 
 

@@ -252,4 +252,6 @@ def test_streaming_load_quick(tmp_path: Path) -> None:
         assert r["deltas"] > 0 and not r["connect_errors"]
         assert r["latency_p50_s"] <= r["latency_p99_s"] <= r["latency_max_s"]
     assert rows[("unbatched", 2)]["mean_streams_per_step"] == pytest.approx(1.0)
+    assert [r["streams"] for r in doc["model_only"]] == [1, 2]
+    assert all(r["stacked_ms_per_100ms"] > 0 for r in doc["model_only"])
     assert out.with_suffix(".png").exists()

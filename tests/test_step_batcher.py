@@ -145,3 +145,21 @@ async def test_a_failing_step_ends_its_streams_not_the_batcher(bundle, executor,
     text, _ = await drain_item(again)
     assert text == offline_text(bundle, wave)
     await batcher.stop()
+
+
+@pytest.mark.parametrize("wait_ms", [0.0, 200.0])
+async def test_audio_arriving_within_the_wait_shares_one_step(bundle, executor, wait_ms):
+    batcher = StepBatcher(StreamingModel(bundle), executor, max_wait_ms=wait_ms)
+    batcher.start()
+    handles = [batcher.open() for _ in range(3)]
+    chunk = test_signal(0.1, seed=5).numpy()
+    for h in handles:  # staggered like real-time clients
+        h.push(chunk)
+        await asyncio.sleep(0.03)
+    outs = [await asyncio.wait_for(h.outputs.get(), 10) for h in handles]
+    assert all(o.step is not None and o.step.num_frames == 4 for o in outs)
+    if wait_ms:
+        assert batcher.steps == 1
+    else:
+        assert batcher.steps == 3
+    await batcher.stop()

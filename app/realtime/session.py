@@ -111,7 +111,6 @@ class RealtimeSession:
         beta: speak the beta protocol (`transcription_session.*`); GA otherwise.
         model_name: the bundle transcribing.
         layer_names: the bundle's hidden-state names (for the embeddings extension).
-        has_ctc: the bundle transcribes (else only embeddings and energy VAD).
         frame_rate: model frames per second.
         max_append_bytes: largest `audio` field accepted in one append (base64 characters).
         max_outgoing: events waiting to be sent before the session is closed as too slow.
@@ -124,7 +123,6 @@ class RealtimeSession:
         beta: bool,
         model_name: str,
         layer_names: list[str],
-        has_ctc: bool,
         frame_rate: float,
         max_append_bytes: int,
         max_outgoing: int = 4096,
@@ -133,7 +131,6 @@ class RealtimeSession:
         self.beta = beta
         self.model_name = model_name
         self.layer_names = layer_names
-        self.has_ctc = has_ctc
         self.frame_rate = frame_rate
         self.max_append_bytes = max_append_bytes
         self.id = new_id("sess")

@@ -112,7 +112,6 @@ async def realtime(ws: WebSocket, intent: str | None = None, model: str | None =
         beta=beta,
         model_name=bundle.name,
         layer_names=bundle.layer_names,
-        has_ctc=bundle.has_ctc,
         frame_rate=bundle.frame_rate,
         max_append_bytes=service.settings.realtime_max_append_bytes,
     )
