@@ -37,9 +37,10 @@ from model_training.decoding import (
 from model_training.models.ctc import ASRModel
 from model_training.models.rnn import LSTMState, run_lstm_from
 
-#: Most frames one stream advances per step (10 s at 50 Hz), so that a client that sends
-#: minutes at once cannot hold the other streams up for long; the rest waits for later steps.
-DEFAULT_MAX_FRAMES_PER_STEP = 500
+#: Most frames one stream advances per step (2 s at 50 Hz), so that a stream that sends
+#: minutes at once (a streamed upload, a client far behind) holds the live streams sharing
+#: its steps up by a bounded time; the rest waits for later steps.
+DEFAULT_MAX_FRAMES_PER_STEP = 100
 
 
 class StreamingNotSupportedError(ValueError):

@@ -490,7 +490,7 @@ def wav_bytes(wave: np.ndarray, rate: int = 16_000) -> bytes:
 
 def test_transcriptions_stream_true_with_the_official_client(server, causal):
     client = openai.OpenAI(base_url=f"{server}/v1", api_key=API_KEY, max_retries=0)
-    wave = test_signal(24.0, seed=13).numpy()  # > 2 steps of 500 frames: deltas while computing
+    wave = test_signal(12.0, seed=13).numpy()  # 6 steps of 100 frames: deltas while computing
     upload = ("long.wav", wav_bytes(wave), "audio/wav")
 
     events = list(client.audio.transcriptions.create(model=CAUSAL, file=upload, stream=True))
