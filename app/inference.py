@@ -16,6 +16,7 @@ from torch import Tensor
 from model_training.bundle import Bundle
 from model_training.models.outputs import UpstreamOutput
 from model_training.precision import inference_autocast
+from model_training.streaming import StreamingModel
 
 logger = logging.getLogger(__name__)
 
@@ -89,3 +90,11 @@ def warm_up(
             run_batch(waveforms, lengths)
     if device == "cuda":
         torch.cuda.synchronize()
+
+
+def warm_up_streams(model: StreamingModel) -> None:
+    """Step two fresh streams with different chunk sizes (kernels for stacked states)."""
+    states = [model.new_state(), model.new_state()]
+    chunks = [0.01 * torch.randn(4000), 0.01 * torch.randn(8000)]
+    for _ in range(2):
+        model.step(states, chunks)

@@ -20,15 +20,17 @@ from fastapi.middleware.cors import CORSMiddleware
 from app.admission import UploadGate
 from app.batcher import DynamicBatcher
 from app.errors import install_error_handlers
-from app.inference import make_run_batch, warm_up
+from app.inference import make_run_batch, warm_up, warm_up_streams
 from app.logs import configure_logging
 from app.metrics import Metrics
 from app.middleware import AdmissionMiddleware, RequestContextMiddleware
-from app.routes import audio, health, models
-from app.service import Service
+from app.routes import audio, health, models, realtime
+from app.service import ServedModel, Service
 from app.settings import SAMPLES_PER_FRAME, Settings
+from app.step_batcher import StepBatcher
 from app.torch_worker import TorchWorker
 from model_training.bundle import Bundle, load_bundle
+from model_training.streaming import StreamingModel, StreamingNotSupportedError, streaming_problems
 
 logger = logging.getLogger(__name__)
 
@@ -59,20 +61,14 @@ def create_app(settings: Settings | None = None, *, loader: BundleLoader | None 
         upload_gate=UploadGate(settings.max_concurrent_uploads, settings.upload_queue_limit),
     )
 
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        device = settings.resolved_device()
-        service.device = device
-        previous_threads = torch.get_num_threads()
-        if settings.torch_threads is not None:
-            # On the torch thread, so that its OpenMP team gets this size.
-            await service.run_torch(torch.set_num_threads, settings.torch_threads)
-        logger.info("loading bundle %s on %s", settings.model_dir, device)
-        bundle = await service.run_torch(load, settings.model_dir, device)
+    streaming_dir = settings.resolved_streaming_model_dir()
+
+    async def _serve(bundle: Bundle, role: str, device: str) -> ServedModel:
+        """Batcher (and stream batcher, for a causal bundle) for one loaded bundle; warmed."""
         run_batch = make_run_batch(bundle)
         cpu_bf16 = settings.cpu_bf16 and bundle.config.get("quantize") is None
         if settings.cpu_bf16 and not cpu_bf16:
-            logger.warning("HLSTM_CPU_BF16 ignored: the bundle is int8-quantized")
+            logger.warning("HLSTM_CPU_BF16 ignored: bundle %s is int8-quantized", bundle.name)
         batcher = DynamicBatcher(
             run_batch,
             max_batch_size=settings.resolved_max_batch_size(device),
@@ -89,25 +85,76 @@ def create_app(settings: Settings | None = None, *, loader: BundleLoader | None 
         )
         if settings.warmup:
             await service.run_torch(warm_up, run_batch, device, batcher.precision)
-        batcher.start()
-        service.bundle, service.batcher, service.ready = bundle, batcher, True
+        streams = None
+        problems = streaming_problems(bundle)
+        if problems:
+            logger.info("model %s cannot stream: %s", bundle.name, "; ".join(problems))
+            if role == "streaming":
+                raise StreamingNotSupportedError(
+                    f"streaming bundle {bundle.path} is not causal: " + "; ".join(problems)
+                )
+        else:
+            streaming = StreamingModel(bundle)
+            if settings.warmup:
+                await service.run_torch(warm_up_streams, streaming)
+            streams = StepBatcher(
+                streaming,
+                service.torch_worker.executor,
+                max_streams=settings.max_streams,
+                max_pending_s=settings.stream_max_buffer_s,
+                max_wait_ms=settings.stream_step_wait_ms,
+                batched=settings.stream_step_batching,
+                observer=metrics,
+            )
+        return ServedModel(bundle, batcher, streams, role)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        device = settings.resolved_device()
+        service.device = device
+        previous_threads = torch.get_num_threads()
+        if settings.torch_threads is not None:
+            # On the torch thread, so that its OpenMP team gets this size.
+            await service.run_torch(torch.set_num_threads, settings.torch_threads)
+        served: list[ServedModel] = []
+        for role, model_dir in (("default", settings.model_dir), ("streaming", streaming_dir)):
+            if model_dir is None:
+                continue
+            logger.info("loading %s bundle %s on %s", role, model_dir, device)
+            bundle = await service.run_torch(load, model_dir, device)
+            served.append(await _serve(bundle, role, device))
+        names = [m.name for m in served]
+        if len(set(names)) != len(names):
+            raise ValueError(f"the default and streaming bundles share the name {names[0]!r}")
+        service.models = {m.name: m for m in served}
+        for m in served:
+            m.batcher.start()
+            if m.streams is not None:
+                m.streams.start()
+        default = served[0]
+        service.bundle, service.batcher, service.ready = default.bundle, default.batcher, True
         metrics.model_ready.set(1)
-        logger.info(
-            "ready: model %s (%s layers) on %s (%s), batches of up to %d",
-            bundle.name,
-            len(bundle.layer_names),
-            device,
-            batcher.precision,
-            batcher.max_batch_size,
-        )
+        for m in served:
+            logger.info(
+                "ready: %s model %s (%s layers) on %s (%s), batches of up to %d%s",
+                m.role,
+                m.name,
+                len(m.bundle.layer_names),
+                device,
+                m.batcher.precision,
+                m.batcher.max_batch_size,
+                ", streams" if m.streams is not None else "",
+            )
         try:
             yield
         finally:
             service.ready = False
             metrics.model_ready.set(0)
-            await batcher.stop(
-                drain_timeout_s=min(settings.request_timeout_s, settings.shutdown_grace_s)
-            )
+            drain_timeout_s = min(settings.request_timeout_s, settings.shutdown_grace_s)
+            for m in service.models.values():
+                if m.streams is not None:
+                    await m.streams.stop()
+                await m.batcher.stop(drain_timeout_s=drain_timeout_s)
             service.decode_pool.shutdown(wait=False, cancel_futures=True)
             service.torch_worker.shutdown()
             torch.set_num_threads(previous_threads)
@@ -124,6 +171,7 @@ def create_app(settings: Settings | None = None, *, loader: BundleLoader | None 
     app.include_router(health.router)
     app.include_router(models.router)
     app.include_router(audio.router)
+    app.include_router(realtime.router)
     # Last added = outermost: request context sees every response, admission's included;
     # CORS answers preflights before admission asks for a key.
     app.add_middleware(

@@ -20,6 +20,7 @@ _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
 _BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 _FRAME_BUCKETS = (50, 250, 500, 1000, 2500, 5000, 10_000, 25_000, 50_000, 100_000)
 _RATIO_BUCKETS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)
+_RTF_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 5.0)
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -71,6 +72,25 @@ class Metrics:
         self.model_ready = Gauge(
             "hlstm_model_ready", "1 when the model is loaded and warmed.", registry=r
         )
+        # Live streams (realtime sessions and streamed uploads), app/step_batcher.py
+        self.active_streams = Gauge("hlstm_active_streams", "Open live streams.", registry=r)
+        self.stream_rtf = Histogram(
+            "hlstm_stream_real_time_factor",
+            "Compute seconds per second of audio advanced, per streaming step (< 1 keeps up).",
+            buckets=_RTF_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.stream_step_size = Histogram(
+            "hlstm_stream_step_streams", "Streams advanced per streaming step.",
+            buckets=_BATCH_SIZE_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.stream_delta_latency = Histogram(
+            "hlstm_stream_delta_latency_seconds",
+            "From the arrival of the audio chunk that completes a character to its delta sent.",
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.streams_refused = Counter(
+            "hlstm_streams_refused", "Live streams refused, by reason.", ["reason"], registry=r
+        )
 
     # BatcherObserver
     def on_queue_depth(self, depth: int) -> None:
@@ -96,6 +116,14 @@ class Metrics:
 
     def on_batch_error(self, error_type: str) -> None:
         self.errors.labels(type=f"batch_{error_type}").inc()
+
+    # StepObserver
+    def on_active_streams(self, count: int) -> None:
+        self.active_streams.set(count)
+
+    def on_step(self, *, streams: int, audio_seconds: float, compute_seconds: float) -> None:
+        self.stream_step_size.observe(streams)
+        self.stream_rtf.observe(compute_seconds / audio_seconds)
 
     def on_error(self, error_type: str) -> None:
         """Count one error response."""

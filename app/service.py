@@ -27,6 +27,7 @@ from app.errors import APIError, NotReadyError, OverloadedError, RequestTimeoutE
 from app.inference import ItemResult
 from app.metrics import Metrics
 from app.settings import Settings
+from app.step_batcher import StepBatcher
 from app.torch_worker import TorchWorker
 from model_training.bundle import Bundle
 
@@ -45,14 +46,44 @@ class ClientDisconnectedError(APIError):
     error_type = "client_closed_request"
 
 
+class ModelNotFoundError(APIError):
+    """404: no model with that id."""
+
+    status_code = 404
+    error_type = "not_found_error"
+
+
+class StreamingUnavailableError(APIError):
+    """400: the chosen model (or every served model) cannot stream."""
+
+
+@dataclass
+class ServedModel:
+    """One loaded bundle with its batcher, and its stream batcher when it can stream."""
+
+    bundle: Bundle
+    batcher: DynamicBatcher[ItemResult]
+    streams: StepBatcher | None = None
+    role: str = "default"  # "default" (HLSTM_MODEL_DIR) or "streaming"
+
+    @property
+    def name(self) -> str:
+        """The model id clients use."""
+        return self.bundle.name
+
+
 @dataclass
 class Service:
-    """Per-app runtime state (one per `create_app`)."""
+    """Per-app runtime state (one per `create_app`).
+
+    `bundle` and `batcher` are the default model's; `models` holds every served model by id.
+    """
 
     settings: Settings
     metrics: Metrics
     bundle: Bundle | None = None
     batcher: DynamicBatcher[ItemResult] | None = None
+    models: dict[str, ServedModel] = field(default_factory=dict)
     device: str = "cpu"
     ready: bool = False
     decode_pool: ThreadPoolExecutor = field(
@@ -61,8 +92,9 @@ class Service:
     torch_worker: TorchWorker = field(default_factory=TorchWorker)
     upload_gate: UploadGate = field(default_factory=lambda: UploadGate(8, 64))
 
-    def require_ready(self) -> tuple[Bundle, DynamicBatcher[ItemResult]]:
-        """The bundle and batcher, or 503 while starting or draining (or the batcher died)."""
+    def require_ready(self, model: str | None = None) -> tuple[Bundle, DynamicBatcher[ItemResult]]:
+        """The bundle and batcher of `model` (see `select`), or 503 while starting or
+        draining (or the batcher died)."""
         if self.batcher is not None and self.batcher.failed:
             self.metrics.model_ready.set(0)
         if (
@@ -72,7 +104,48 @@ class Service:
             or not self.batcher.running
         ):
             raise NotReadyError("the model is not loaded yet (or the service is shutting down)")
-        return self.bundle, self.batcher
+        served = self.select(model)
+        if not served.batcher.running:
+            raise NotReadyError(f"model {served.name!r} is not running")
+        return served.bundle, served.batcher
+
+    def select(self, model: str | None) -> ServedModel:
+        """The served model named `model`; the default model for None or a name we do not
+        serve (clients send OpenAI model names such as `whisper-1`)."""
+        if model and model in self.models:
+            return self.models[model]
+        assert self.bundle is not None
+        return self.models[self.bundle.name]
+
+    def get_model(self, model_id: str) -> ServedModel:
+        """The served model with exactly this id (404 otherwise)."""
+        if model_id not in self.models:
+            raise ModelNotFoundError(f"model {model_id!r} not found", param="model")
+        return self.models[model_id]
+
+    def streaming_model(self, model: str | None) -> ServedModel:
+        """The model a live stream uses: `model` if it names a served model (it must be able
+        to stream), else the streaming bundle, else the default bundle if it can stream."""
+        self.require_ready()
+        if model and model in self.models:
+            served = self.models[model]
+            if served.streams is None:
+                raise StreamingUnavailableError(
+                    f"model {model!r} cannot stream (it is not causal); streaming models: "
+                    f"{[m.name for m in self.models.values() if m.streams is not None]}",
+                    param="model",
+                )
+            return served
+        candidates = sorted(
+            (m for m in self.models.values() if m.streams is not None),
+            key=lambda m: m.role != "streaming",
+        )
+        if not candidates:
+            raise StreamingUnavailableError(
+                "no served model can stream: set HLSTM_STREAMING_MODEL_DIR to a causal bundle",
+                param="model",
+            )
+        return candidates[0]
 
     async def run_in_pool(self, fn: Callable[..., T], *args: object) -> T:
         """Run blocking work without torch operators (decoding, formatting) off the event loop.
@@ -138,12 +211,14 @@ class Service:
             self.metrics.on_decode_failure(exc.reason)
             raise
 
-    async def infer(self, waveform: Tensor, deadline: float | None = None) -> ItemResult:
-        """Submit one waveform (S,) to the batcher; batcher failures become API errors.
+    async def infer(
+        self, waveform: Tensor, model: str | None = None, deadline: float | None = None
+    ) -> ItemResult:
+        """Submit one waveform (S,) to `model`'s batcher; batcher failures become API errors.
 
         `deadline` (time.monotonic()) bounds queue + compute; default: the request timeout.
         """
-        _, batcher = self.require_ready()
+        _, batcher = self.require_ready(model)
         timeout = self.settings.request_timeout_s
         if deadline is not None:
             timeout = max(deadline - time.monotonic(), 0.001)

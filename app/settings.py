@@ -136,6 +136,37 @@ class Settings(BaseSettings):
         "(oversubscribed OpenMP threads are many times slower on a busy CPU).",
     )
 
+    streaming_model_dir: Path | None = Field(
+        None,
+        description="Causal bundle served for streaming next to the default one (listed by "
+        "/v1/models, chosen by `model`). Unset: `streaming/` beside HLSTM_MODEL_DIR (i.e. "
+        "models/streaming) when it holds a bundle.",
+    )
+    max_streams: int = Field(
+        128, ge=1, description="Open live streams (realtime sessions + streamed uploads)."
+    )
+    stream_step_batching: bool = Field(
+        True,
+        description="Advance all streams' pending audio in one batched step (off: one "
+        "forward per stream, the baseline of benchmarks/streaming_load.py).",
+    )
+    stream_step_wait_ms: float = Field(
+        20.0,
+        ge=0,
+        description="Longest wait for other live streams' audio to join a batched step.",
+    )
+    stream_max_buffer_s: float = Field(
+        30.0, gt=0, description="Seconds of audio a live stream may have waiting for the model."
+    )
+    stream_idle_timeout_s: float = Field(
+        120.0, gt=0, description="A realtime session with no client event this long is closed."
+    )
+    realtime_max_append_bytes: int = Field(
+        15 * 1024 * 1024,
+        ge=1024,
+        description="Largest base64 `audio` of one input_audio_buffer.append (OpenAI: 15 MiB).",
+    )
+
     @field_validator("cors_origins", mode="before")
     @classmethod
     def _split_origins(cls, value: object) -> object:
@@ -156,6 +187,15 @@ class Settings(BaseSettings):
         if level not in {"CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"}:
             raise ValueError(f"log_level must be a logging level name, found {value!r}")
         return level
+
+    def resolved_streaming_model_dir(self) -> Path | None:
+        """`streaming_model_dir`, or `streaming/` beside `model_dir` when it holds a bundle."""
+        if self.streaming_model_dir is not None:
+            return self.streaming_model_dir
+        sibling = self.model_dir.parent / "streaming"
+        if (sibling / "config.json").is_file() and sibling.resolve() != self.model_dir.resolve():
+            return sibling
+        return None
 
     @property
     def max_upload_bytes(self) -> int:

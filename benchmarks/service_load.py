@@ -189,15 +189,18 @@ def running(servers: list[Server], timeout_s: float) -> Iterator[list[Server]]:
             s.stop()
 
 
-def scrape(url: str) -> dict[str, float]:
-    """The batch metrics from /metrics: sums and counts of the histograms, audio seconds."""
+BATCH_SAMPLES = frozenset({
+    "hlstm_batch_size_sum", "hlstm_batch_size_count",
+    "hlstm_batch_padding_ratio_sum", "hlstm_batch_padding_ratio_count",
+    "hlstm_batch_padded_frames_sum", "hlstm_audio_seconds_total",
+    "hlstm_inference_seconds_sum",
+})  # fmt: skip
+
+
+def scrape(url: str, wanted: frozenset[str] = BATCH_SAMPLES) -> dict[str, float]:
+    """Samples named in `wanted` from /metrics (default: the batch histograms' sums and counts,
+    audio seconds), summed over labels."""
     text = httpx.get(f"{url}/metrics", timeout=10).text
-    wanted = {
-        "hlstm_batch_size_sum", "hlstm_batch_size_count",
-        "hlstm_batch_padding_ratio_sum", "hlstm_batch_padding_ratio_count",
-        "hlstm_batch_padded_frames_sum", "hlstm_audio_seconds_total",
-        "hlstm_inference_seconds_sum",
-    }  # fmt: skip
     out: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:

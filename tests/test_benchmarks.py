@@ -257,3 +257,20 @@ def test_soak_quick(tmp_path: Path) -> None:
     hostile = summary["by_kind"]["hostile"]
     assert set(hostile["concat"]["statuses"]) == {"415"}
     assert all(s["rss_mb"] > 0 and s["open_fds"] > 0 for s in doc["samples"])
+
+
+@pytest.mark.slow
+def test_streaming_load_quick(tmp_path: Path) -> None:
+    out = tmp_path / "streaming.json"
+    run_script("streaming_load.py", "--quick", "--out", str(out))
+    doc = json.loads(out.read_text())
+    check_header(doc, "streaming_load")
+    rows = {(r["server"], r["streams"]): r for r in doc["rows"]}
+    assert set(rows) == {(s, n) for s in ("batched", "unbatched") for n in (1, 2)}
+    for r in rows.values():
+        assert r["deltas"] > 0 and not r["connect_errors"]
+        assert r["latency_p50_s"] <= r["latency_p99_s"] <= r["latency_max_s"]
+    assert rows[("unbatched", 2)]["mean_streams_per_step"] == pytest.approx(1.0)
+    assert [r["streams"] for r in doc["model_only"]] == [1, 2]
+    assert all(r["stacked_ms_per_100ms"] > 0 for r in doc["model_only"])
+    assert out.with_suffix(".png").exists()

@@ -17,6 +17,8 @@ LIMITS = [
     "max_embedding_values", "max_concurrent_uploads", "upload_queue_limit", "queue_limit",
     "request_timeout_s", "max_headers", "max_header_bytes", "header_timeout_s",
     "body_idle_timeout_s", "body_timeout_s", "keep_alive_timeout_s", "shutdown_grace_s",
+    # live streams (issue 14)
+    "max_streams", "stream_max_buffer_s", "realtime_max_append_bytes", "stream_idle_timeout_s",
 ]  # fmt: skip
 
 

@@ -19,6 +19,7 @@ from app.errors import BadRequestError, PayloadTooLargeError, error_responses
 from app.formatting import json_body, srt_body, verbose_json_body, vtt_body
 from app.inference import ItemResult
 from app.service import Service, unless_disconnected
+from app.sse import streamed_transcription
 from model_training.bundle import Bundle
 from model_training.decoding import Transcript, greedy_ctc_decode
 
@@ -50,8 +51,14 @@ _TEXT = {"schema": {"type": "string"}}
     response_model=None,
     responses={
         200: {
-            "description": "The transcript in the requested `response_format`.",
-            "content": {"application/json": {}, "text/plain": _TEXT, "text/vtt": _TEXT},
+            "description": "The transcript in the requested `response_format`, or "
+            "server-sent events with `stream=true`.",
+            "content": {
+                "application/json": {},
+                "text/plain": _TEXT,
+                "text/vtt": _TEXT,
+                "text/event-stream": _TEXT,
+            },
         }
     },
 )
@@ -61,23 +68,43 @@ async def create_transcription(
     timestamp_granularities: Annotated[
         list[Granularity], Form(alias="timestamp_granularities[]", default_factory=list)
     ],
-    model: Annotated[str | None, Form(description="Accepted for compatibility.")] = None,
+    model: Annotated[
+        str | None, Form(description="A served model id; others: the default.")
+    ] = None,
     language: Annotated[str | None, Form(description="Accepted; the model is English.")] = None,
     prompt: Annotated[str | None, Form(description="Accepted and ignored.")] = None,
     response_format: Annotated[ResponseFormat, Form()] = "json",
     temperature: Annotated[float | None, Form(ge=0.0, le=1.0)] = None,
+    stream: Annotated[
+        bool, Form(description="Server-sent events: transcript.text.delta, then .done.")
+    ] = False,
     service: Service = Depends(get_service),
 ) -> Response:
-    """Transcribe one file with greedy CTC decoding (no language model)."""
-    bundle, _ = service.require_ready()
+    """Transcribe one file with greedy CTC decoding (no language model).
+
+    `model` picks a served model by id (others, e.g. `whisper-1`, get the default one).
+    With `stream=true` (json or text format) the answer is server-sent events as OpenAI
+    sends them; a causal model streams the file through the step batcher, so deltas come
+    as the audio is computed, and the deltas joined are the `done` text.
+    """
+    bundle, _ = service.require_ready(model)
     if not bundle.has_ctc or bundle.vocab is None:
         raise BadRequestError(
             f"model {bundle.name!r} has no CTC head: it serves embeddings only", param="model"
         )
+    if stream and response_format not in ("json", "text"):
+        raise BadRequestError(
+            f"stream=true supports response_format json or text, found {response_format!r}",
+            param="response_format",
+        )
     async with service.deadline() as deadline:
         audio = await service.decode_upload(await file.read(), file.content_type, "file", deadline)
         release_upload_slot(request)
-        result = await unless_disconnected(request, service.infer(audio.waveform, deadline))
+        if stream:
+            return await streamed_transcription(
+                request, service, service.select(model), audio, deadline
+            )
+        result = await unless_disconnected(request, service.infer(audio.waveform, model, deadline))
         assert result.log_probs is not None
         transcript = await service.run_torch(
             greedy_ctc_decode, result.log_probs, bundle.vocab, 1.0 / bundle.frame_rate
@@ -208,7 +235,9 @@ def _expected_values(
 async def create_embeddings(
     request: Request,
     file: Annotated[list[UploadFile], File(description="One or more audio files.", min_length=1)],
-    model: Annotated[str | None, Form(description="Accepted for compatibility.")] = None,
+    model: Annotated[
+        str | None, Form(description="A served model id; others: the default.")
+    ] = None,
     layers: Annotated[str, Form(description="all | last | comma list, e.g. 0,2,-1")] = "last",
     pooling: Annotated[Literal["none", "mean"], Form()] = "none",
     encoding_format: Annotated[Literal["float", "base64"], Form()] = "float",
@@ -219,7 +248,7 @@ async def create_embeddings(
     `pooling=mean` averages over the file's frames (shape [D]); otherwise shape is [T, D].
     `base64` values are the raw little-endian float32 bytes, row-major.
     """
-    bundle, _ = service.require_ready()
+    bundle, _ = service.require_ready(model)
     if len(file) > service.settings.max_files:
         raise BadRequestError(
             f"{len(file)} files in one request, the limit is {service.settings.max_files}",
@@ -235,7 +264,7 @@ async def create_embeddings(
             _check_embedding_values(expected, limit)  # before any compute
         results: list[ItemResult] = await unless_disconnected(
             request,
-            asyncio.gather(*(service.infer(audio.waveform, deadline) for audio in decoded)),
+            asyncio.gather(*(service.infer(audio.waveform, model, deadline) for audio in decoded)),
         )
         content = _embeddings_content(
             bundle, file, decoded, results, indices, pooling, encoding_format, limit

@@ -1,35 +1,36 @@
-"""`GET /v1/models` in OpenAI's list shape (one model: the loaded bundle)."""
+"""`GET /v1/models` in OpenAI's list shape: the default bundle and the streaming bundle."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends
 
 from app.dependencies import get_service
-from app.errors import APIError, error_responses
-from app.service import Service
-from model_training.bundle import Bundle
+from app.errors import error_responses
+from app.service import ServedModel, Service
 
 # The API key is checked by app.middleware.AdmissionMiddleware, before any route runs.
 router = APIRouter(prefix="/v1", tags=["models"], responses=error_responses(401, 413, 431, 503))
 
 
-class ModelNotFoundError(APIError):
-    """404: no model with that id."""
+def model_card(served: ServedModel) -> dict:
+    """One model object: OpenAI fields plus what a client needs to use the embeddings.
 
-    status_code = 404
-    error_type = "not_found_error"
-
-
-def model_card(bundle: Bundle) -> dict:
-    """One model object: OpenAI fields plus what a client needs to use the embeddings."""
+    capabilities: embeddings, transcriptions (with a CTC head), realtime (a causal bundle:
+    live transcripts over /v1/realtime and `stream=true` transcriptions with true deltas).
+    """
+    bundle = served.bundle
     config_file = bundle.path / "config.json"
     created = int(config_file.stat().st_mtime) if config_file.exists() else 0
+    capabilities = ["embeddings", *(["transcriptions"] if bundle.has_ctc else [])]
+    if served.streams is not None:
+        capabilities.append("realtime")
     return {
         "id": bundle.name,
         "object": "model",
         "created": created,
         "owned_by": "hubert-lstm",
-        "capabilities": ["embeddings", *(["transcriptions"] if bundle.has_ctc else [])],
+        "role": served.role,
+        "capabilities": capabilities,
         "sample_rate": bundle.sample_rate,
         "frame_rate": bundle.frame_rate,
         "layers": bundle.layer_names,
@@ -39,15 +40,13 @@ def model_card(bundle: Bundle) -> dict:
 
 @router.get("/models")
 async def list_models(service: Service = Depends(get_service)) -> dict:
-    """The served models."""
-    bundle, _ = service.require_ready()
-    return {"object": "list", "data": [model_card(bundle)]}
+    """The served models (the default first)."""
+    service.require_ready()
+    return {"object": "list", "data": [model_card(m) for m in service.models.values()]}
 
 
 @router.get("/models/{model_id}", responses=error_responses(404, 422))
 async def get_model(model_id: str, service: Service = Depends(get_service)) -> dict:
     """One model by id (404 for anything else)."""
-    bundle, _ = service.require_ready()
-    if model_id != bundle.name:
-        raise ModelNotFoundError(f"model {model_id!r} not found", param="model")
-    return model_card(bundle)
+    service.require_ready()
+    return model_card(service.get_model(model_id))

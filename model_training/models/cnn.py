@@ -168,6 +168,7 @@ class ConvFeatureExtractor(nn.Module):
         if not conv_layers:
             raise ValueError("conv_layers must not be empty")
         self.specs: tuple[ConvSpec, ...] = tuple(tuple(s) for s in conv_layers)  # type: ignore[misc]
+        self.norm_mode = norm_mode
         blocks = []
         in_ch = 1
         for i, spec in enumerate(self.specs):
@@ -184,6 +185,15 @@ class ConvFeatureExtractor(nn.Module):
         for _, kernel, stride in reversed(self.specs):
             field = (field - 1) * stride + kernel
         return field
+
+    @property
+    def streamable(self) -> bool:
+        """True when frame t depends on samples [t * hop, t * hop + receptive field) only.
+
+        The layer-norm stack normalises each frame over channels; the group-norm stack
+        normalises over the whole utterance's time axis, so it cannot run chunk by chunk.
+        """
+        return self.norm_mode == "layer"
 
     @property
     def hop_length(self) -> int:

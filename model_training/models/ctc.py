@@ -35,6 +35,7 @@ class CTCHeadConfig:
         time_masks, time_mask_width, freq_masks, freq_mask_width: SpecAugment-style masks on
             the mixed features, in training only (count, max width in frames / channels).
         blank_id: CTC blank index.
+        bidirectional: a BiLSTM (SUPERB); False gives a causal head that can stream.
         layer_norm: normalise each hidden state (LayerNorm without parameters) before the
             weighted sum, as s3prl's featurizer does for upstreams that ask for it; it puts
             transformer and LSTM layers of very different scales on one footing and shortens
@@ -54,6 +55,7 @@ class CTCHeadConfig:
     freq_mask_width: int = 32
     blank_id: int = 0
     layer_norm: bool = False
+    bidirectional: bool = True
 
     def __post_init__(self) -> None:
         if not self.layer_dims:
@@ -133,7 +135,11 @@ def spec_augment(
 
 
 class CTCHead(nn.Module):
-    """Weighted layer sum -> Linear -> BiLSTM -> Linear to characters -> log-probs."""
+    """Weighted layer sum -> Linear -> (Bi)LSTM -> Linear to characters -> log-probs.
+
+    `features` and `classify` are the per-frame parts around the LSTM, so that streaming
+    (`model_training/streaming.py`) can carry the LSTM's state between chunks.
+    """
 
     def __init__(self, config: CTCHeadConfig) -> None:
         super().__init__()
@@ -145,11 +151,12 @@ class CTCHead(nn.Module):
             config.lstm_hidden,
             num_layers=config.lstm_layers,
             batch_first=True,
-            bidirectional=True,
+            bidirectional=config.bidirectional,
             dropout=config.dropout if config.lstm_layers > 1 else 0.0,
         )
         self.dropout = nn.Dropout(config.dropout)
-        self.classifier = nn.Linear(2 * config.lstm_hidden, config.vocab_size)
+        directions = 2 if config.bidirectional else 1
+        self.classifier = nn.Linear(directions * config.lstm_hidden, config.vocab_size)
 
     def forward(self, hidden_states: Sequence[Tensor], lengths: Tensor) -> Tensor:
         """hidden_states: (B, T, D_l) per layer; lengths: (B,) -> log-probs (B, T, V) float32."""
@@ -157,11 +164,18 @@ class CTCHead(nn.Module):
             raise ValueError(
                 f"expected {len(self.config.layer_dims)} hidden states, found {len(hidden_states)}"
             )
+        x = self.features(hidden_states, lengths)
+        return self.classify(run_lstm(self.lstm, x, lengths))
+
+    def features(self, hidden_states: Sequence[Tensor], lengths: Tensor) -> Tensor:
+        """The LSTM's input: weighted sum -> (SpecAugment, training) -> Linear. (B, T, proj_dim)"""
         x = self.featurizer(hidden_states)
         if self.training and (self.config.time_masks or self.config.freq_masks):
             x = spec_augment(x, lengths, self.config)
-        x = self.dropout(self.projection(x))
-        x = run_lstm(self.lstm, x, lengths)
+        return self.dropout(self.projection(x))
+
+    def classify(self, x: Tensor) -> Tensor:
+        """LSTM outputs (B, T, H) -> log-probs (B, T, V) float32."""
         logits = self.classifier(self.dropout(x))
         return F.log_softmax(logits.float(), dim=-1)
 

@@ -84,3 +84,44 @@ def run_packed(lstm: nn.Module, x: Tensor, lengths: Tensor) -> Tensor:
     packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
     out = lstm(packed)[0]
     return pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])[0]
+
+
+LSTMState = tuple[Tensor, Tensor]  # (h, c), each (num_layers, B, H)
+
+
+def run_lstm_from(
+    lstm: nn.Module, x: Tensor, lengths: Tensor | list[int], state: LSTMState
+) -> tuple[Tensor, LSTMState]:
+    """Continue a unidirectional LSTM from `state` over a padded batch (streaming).
+
+    Rows may have different numbers of new frames. The final state of a row must be the one
+    after its own last valid frame, which one call over the padded batch cannot give (the
+    cell state of a shorter row runs on through its padding). So the batch runs in phases
+    at the distinct lengths: frames [0, l1) for all rows, [l1, l2) for rows longer than l1,
+    and so on; each phase is one fused call, and the most common case (all rows equal) is one.
+
+    Args:
+        lstm: a unidirectional `nn.LSTM` with `batch_first=True` (or a quantized one).
+        x: (B, T, D_in) new frames, valid frames first.
+        lengths: (B,) new valid frames per row, at most T (0 leaves the row's state as is).
+        state: (h, c), each (num_layers, B, H): the states after each row's previous frames.
+    Returns:
+        (B, T, H) outputs (zeros at padding) and the new (h, c).
+    """
+    if getattr(lstm, "bidirectional", False):
+        raise ValueError("a bidirectional LSTM cannot be continued frame by frame")
+    counts = [int(n) for n in (lengths.tolist() if isinstance(lengths, Tensor) else lengths)]
+    h, c = state
+    if len(set(counts)) == 1 and counts[0] == x.shape[1]:
+        out, (h, c) = lstm(x, (h, c))
+        return out, (h, c)
+    h, c = h.clone(), c.clone()
+    out = x.new_zeros(x.shape[0], x.shape[1], lstm.hidden_size)
+    done = 0
+    for upto in sorted(set(counts) - {0}):
+        rows = torch.tensor([b for b, n in enumerate(counts) if n >= upto], device=x.device)
+        seg, (h_r, c_r) = lstm(x[rows, done:upto], (h[:, rows], c[:, rows]))
+        out[rows, done:upto] = seg
+        h[:, rows], c[:, rows] = h_r, c_r
+        done = upto
+    return out, (h, c)

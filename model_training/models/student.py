@@ -14,7 +14,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from model_training.models.cnn import HUBERT_CONV_LAYERS, ConvFeatureExtractor, ConvSpec, NormMode
+from model_training.models.cnn import (
+    HUBERT_CONV_LAYERS,
+    ConvFeatureExtractor,
+    ConvSpec,
+    NormMode,
+    length_mask,
+)
 from model_training.models.outputs import UpstreamOutput
 from model_training.models.rnn import run_lstm
 
@@ -132,13 +138,23 @@ class LSTMStudent(nn.Module):
         """(B,) samples -> (B,) frames, as produced by `forward`."""
         return self.feature_extractor.output_lengths(sample_lengths)
 
+    @property
+    def causal(self) -> bool:
+        """True when no output frame depends on later audio (so the model can stream)."""
+        return not self.config.bidirectional and bool(
+            getattr(self.feature_extractor, "streamable", False)
+        )
+
+    def frames(self, waveforms: Tensor, lengths: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """The front-end: hidden state 0 (B, T, proj_dim), zeros at padding, and (B,) frames."""
+        feats, frame_lengths = self.feature_extractor(waveforms, lengths)
+        mask = length_mask(frame_lengths, feats.shape[1]).unsqueeze(-1)
+        return self.projection(self.feature_norm(feats)) * mask, frame_lengths
+
     def forward(self, waveforms: Tensor, lengths: Tensor | None = None) -> UpstreamOutput:
         """waveforms: (B, S) float32 at `sample_rate`; lengths: (B,) valid samples (None = S)."""
-        feats, frame_lengths = self.feature_extractor(waveforms, lengths)
-        mask = (
-            torch.arange(feats.shape[1], device=feats.device)[None, :] < frame_lengths[:, None]
-        ).unsqueeze(-1)
-        x = self.projection(self.feature_norm(feats)) * mask
+        x, frame_lengths = self.frames(waveforms, lengths)
+        mask = length_mask(frame_lengths, x.shape[1]).unsqueeze(-1)
         hidden_states = [x]
         x = self.dropout(x)
         for i, lstm in enumerate(self.lstms):

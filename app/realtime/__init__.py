@@ -1,0 +1,1 @@
+"""OpenAI Realtime transcription protocol: session configuration shapes and the session."""

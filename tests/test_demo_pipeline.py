@@ -1,0 +1,72 @@
+"""The whole demo pipeline (scripts/demo.mk) at tiny sizes into a temp folder, then its bundle
+served: every size and path variable works at small values, stages follow the dependency graph
+under `make -j2`, results stay under OUT, and nothing is written to docs/ or models/."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.test_app_support import serve, test_settings
+
+ROOT = Path(__file__).resolve().parents[1]
+TOOLS = ("make", "espeak-ng", "sox", "flite", "festival")
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.timeout(1800),
+    pytest.mark.skipif(not all(shutil.which(t) for t in TOOLS), reason=f"needs {', '.join(TOOLS)}"),
+]
+
+TINY = {
+    "HOURS": "0.03",
+    "TEACHER_STEPS": "6",
+    "DISTILL_HOURS": "0.02",
+    "DISTILL_STEPS": "6",
+    "CTC_HOURS": "0.02",
+    "CTC_STEPS": "6",
+    "SYNTH_WORKERS": "1",
+}
+
+
+def _tracked_state(paths: list[str]) -> str:
+    """`git status` of the published locations (the run must not touch them)."""
+    out = subprocess.run(
+        ["git", "status", "--porcelain", "--", *paths], cwd=ROOT, capture_output=True, text=True
+    )
+    return out.stdout
+
+
+async def test_tiny_pipeline_into_a_temp_folder_then_serve_its_bundle(tmp_path: Path) -> None:
+    before = _tracked_state(["docs", "models"])
+    out, data = tmp_path / "run", tmp_path / "data"
+    variables = [f"{k}={v}" for k, v in {**TINY, "OUT": out, "DATA": data}.items()]
+    python = Path(os.environ.get("VIRTUAL_ENV", ROOT / ".venv")) / "bin"
+    cmd = ["make", "-f", "scripts/demo.mk", "-j2", *variables, f"HL={python}/hubert-lstm"]
+    cmd.append(f"PY={python}/python")
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    results = json.loads((out / "results.json").read_text())
+    names = {r["name"] for r in results["rows"]}
+    assert {"fbank", "teacher", "ce", "kd", "dkd_b1", "dkd_b4", "feature"} <= names
+    assert (out / "results.md").is_file() and _tracked_state(["docs", "models"]) == before
+    for bundle in ("default", "streaming"):
+        config = json.loads((out / "bundles" / bundle / "config.json").read_text())
+        assert config["weights_dtype"] == "float16"
+    streaming = json.loads((out / "bundles" / "streaming" / "config.json").read_text())
+    assert streaming["upstream"]["config"]["bidirectional"] is False
+
+    rerun = subprocess.run([*cmd, "-q"], cwd=ROOT, capture_output=True, text=True)
+    assert rerun.returncode == 0  # -q: every target is up to date, nothing left to run
+
+    from tests.test_app_support import make_wav, wav_file
+
+    async with serve(test_settings(out / "bundles" / "default")) as (_, client):
+        r = await client.post("/v1/audio/transcriptions", files=[wav_file("a.wav", make_wav(1.5))])
+        assert r.status_code == 200 and "text" in r.json()
