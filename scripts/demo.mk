@@ -3,14 +3,20 @@
 # not, long stages resume from their own checkpoints, and `make -j2` runs independent stages side
 # by side in the order the dependency graph allows (no hand-written lanes).
 #
-#   corpus -> teacher (HuBERT iteration 1: MFCC k-means) -> labels + top-k targets
+#   corpus -> teacher (HuBERT iteration 1: MFCC k-means) -> teacher2 (iteration 2: k-means on
+#   teacher's middle layer) -> labels + top-k targets from teacher2
 #   -> students (CE, KD, DKD b1/b4, DistilHuBERT-style features, causal DKD)
-#   -> frozen-upstream CTC heads on every student, the teacher and fbank -> WER/CER on dev and
-#   on test_unseen (neural and classic reserved voices apart) -> $(OUT)/results.{json,md}.
+#   -> frozen-upstream CTC heads (until dev CER stops improving) on every student, both
+#      teachers and fbank
+#   -> end-to-end CTC fine-tuning on FT_LOW_HOURS and on all training hours from random init,
+#      the better DKD student, the CE student and the feature student (same steps and data),
+#      and the causal student with a causal head
+#   -> WER/CER on dev and on test_unseen (neural and classic reserved voices apart)
+#   -> $(OUT)/results.{json,md} and $(OUT)/bundles/{default,streaming}.
 #
 # Results stay under OUT; only `make -f scripts/demo.mk publish` copies them to docs/ and the
 # bundles to models/. Every size and path is a variable: e.g. a tiny run into a temp folder:
-#   make -f scripts/demo.mk -j2 HOURS=0.05 TEACHER_STEPS=6 ... OUT=$T/run DATA=$T/data
+#   make -f scripts/demo.mk -j2 HOURS=0.03 TEACHER_STEPS=6 ... OUT=$T/run DATA=$T/data
 SHELL := /bin/bash
 .DELETE_ON_ERROR:
 .SUFFIXES:
@@ -23,30 +29,41 @@ SEED ?= 0
 HOURS ?= 12
 SYNTH_WORKERS ?= 2
 TEACHER_STEPS ?= 4000
+TEACHER2_STEPS ?= $(TEACHER_STEPS)
 DISTILL_HOURS ?= 4
 DISTILL_STEPS ?= 1500
 CTC_HOURS ?= 2
-CTC_STEPS ?= 3000
+CTC_STEPS ?= 20000
+CTC_PATIENCE ?= 4
+CTC_EVAL_EVERY ?= 500
+FT_LOW_HOURS ?= 1
+FT_STEPS ?= 2500
+FT_FREEZE_STEPS ?= $(shell echo $$(( $(FT_STEPS) / 10 )))
+FT_EVAL_EVERY ?= 500
 JOB_THREADS ?= 1
-SOLO_THREADS ?= 2
 STUDENTS ?= ce kd dkd_b1 dkd_b4 feature causal_dkd
+FT_INITS ?= random dkd ce feature
 PUBLISH_DOCS ?= docs
 PUBLISH_MODELS ?= models
 
-SIZES := HOURS=$(HOURS) TEACHER_STEPS=$(TEACHER_STEPS) DISTILL_HOURS=$(DISTILL_HOURS) \
-  DISTILL_STEPS=$(DISTILL_STEPS) CTC_HOURS=$(CTC_HOURS) CTC_STEPS=$(CTC_STEPS) SEED=$(SEED)
+SIZES := HOURS=$(HOURS) TEACHER_STEPS=$(TEACHER_STEPS) TEACHER2_STEPS=$(TEACHER2_STEPS) \
+  DISTILL_HOURS=$(DISTILL_HOURS) DISTILL_STEPS=$(DISTILL_STEPS) CTC_HOURS=$(CTC_HOURS) \
+  CTC_STEPS=$(CTC_STEPS) CTC_PATIENCE=$(CTC_PATIENCE) FT_LOW_HOURS=$(FT_LOW_HOURS) \
+  FT_STEPS=$(FT_STEPS) SEED=$(SEED)
 S := $(OUT)/stamps
 M := $(OUT)/manifests
 STAGE := bash scripts/stage.sh
 TORCH1 := env OMP_NUM_THREADS=$(JOB_THREADS)
-HEADS := fbank teacher $(STUDENTS)
+HEADS := fbank teacher1 teacher2 $(STUDENTS)
+FT_RUNS := $(foreach i,$(FT_INITS),ft_$(i)_low ft_$(i)_all) ft_causal_all
 
-.PHONY: all heads students results bundles publish
-all: results bundles
-bundles: $(S)/export_default $(S)/export_streaming
+.PHONY: all heads students finetuned results bundles publish
+all: bundles results
 students: $(STUDENTS:%=$(S)/distill_%)
 heads: $(HEADS:%=$(S)/eval_ctc_%)
+finetuned: $(FT_RUNS:%=$(S)/eval_%)
 results: $(S)/results
+bundles: $(S)/export_default $(S)/export_streaming
 
 # ---- corpus and manifests
 $(S)/synth:
@@ -57,22 +74,28 @@ $(S)/manifests: $(S)/synth
 	$(STAGE) $@ bash -c '\
 	  $(PY) scripts/subset_manifest.py $(DATA)/train.tsv $(M)/distill_train.tsv --hours $(DISTILL_HOURS) && \
 	  $(PY) scripts/subset_manifest.py $(DATA)/train.tsv $(M)/ctc_train.tsv --hours $(CTC_HOURS) && \
+	  $(PY) scripts/subset_manifest.py $(DATA)/train.tsv $(M)/ft_low.tsv --hours $(FT_LOW_HOURS) && \
+	  $(PY) scripts/subset_manifest.py $(DATA)/train.tsv $(M)/ft_all.tsv && \
 	  $(PY) scripts/subset_manifest.py $(DATA)/test_unseen.tsv $(M)/test_neural.tsv --engine kokoro && \
 	  $(PY) scripts/subset_manifest.py $(DATA)/test_unseen.tsv $(M)/test_classic.tsv --engine flite festival'
 
-# ---- teacher, its labels and targets
-$(S)/teacher: $(S)/synth
-	$(STAGE) $@ env OMP_NUM_THREADS=$(SOLO_THREADS) $(HL) teacher pretrain \
-	  --manifest $(DATA)/train.tsv --out $(OUT)/teacher --config configs/teacher/demo.yaml \
+# ---- teachers (masked-unit accuracy on dev in teacher*/metrics.json), labels and targets
+$(S)/teacher1: $(S)/synth
+	$(STAGE) $@ $(TORCH1) $(HL) teacher pretrain --manifest $(DATA)/train.tsv \
+	  --out $(OUT)/teacher1 --config configs/teacher/demo.yaml --dev $(DATA)/dev.tsv \
 	  --max-steps $(TEACHER_STEPS)
+$(S)/teacher2: $(S)/teacher1
+	$(STAGE) $@ $(TORCH1) $(HL) teacher pretrain --manifest $(DATA)/train.tsv \
+	  --out $(OUT)/teacher2 --config configs/teacher/demo.yaml --dev $(DATA)/dev.tsv \
+	  --label-teacher $(OUT)/teacher1 --max-steps $(TEACHER2_STEPS)
 
 $(S)/labels_distill_train $(S)/targets_distill_train: MANIFEST = $(M)/distill_train.tsv
 $(S)/labels_dev $(S)/targets_dev: MANIFEST = $(DATA)/dev.tsv
-$(S)/labels_%: $(S)/teacher $(S)/manifests
-	$(STAGE) $@ $(TORCH1) $(HL) teacher labels --kmeans $(OUT)/teacher/kmeans.safetensors \
+$(S)/labels_%: $(S)/teacher2 $(S)/manifests
+	$(STAGE) $@ $(TORCH1) $(HL) teacher labels --kmeans $(OUT)/teacher2/kmeans.safetensors \
 	  --manifest $(MANIFEST) --out $(OUT)/labels/$*.km
-$(S)/targets_%: $(S)/teacher $(S)/manifests
-	$(STAGE) $@ $(TORCH1) $(HL) targets --teacher $(OUT)/teacher --manifest $(MANIFEST) \
+$(S)/targets_%: $(S)/teacher2 $(S)/manifests
+	$(STAGE) $@ $(TORCH1) $(HL) targets --teacher $(OUT)/teacher2 --manifest $(MANIFEST) \
 	  --out $(OUT)/targets/$* --top-k 100 --layers 2,4,6
 
 # ---- students
@@ -83,19 +106,46 @@ $(S)/distill_%: $(DISTILL_INPUTS)
 	  --set data.train_manifest=$(M)/distill_train.tsv --set data.dev_manifest=$(DATA)/dev.tsv \
 	  --set data.train_labels=$(OUT)/labels/distill_train.km --set data.dev_labels=$(OUT)/labels/dev.km \
 	  --set data.train_targets=$(OUT)/targets/distill_train --set data.dev_targets=$(OUT)/targets/dev \
-	  --set teacher.dir=$(OUT)/teacher --set num_threads=$(JOB_THREADS)
+	  --set teacher.dir=$(OUT)/teacher2 --set num_threads=$(JOB_THREADS)
 
-# ---- frozen-upstream CTC heads (SUPERB protocol) and their scores
+# ---- frozen-upstream CTC heads (SUPERB protocol), trained until dev CER stops improving
 $(S)/ctc_fbank: UPSTREAM = fbank
 $(S)/ctc_fbank: $(S)/manifests
-$(S)/ctc_teacher: UPSTREAM = $(OUT)/teacher
-$(S)/ctc_teacher: $(S)/teacher $(S)/manifests
+$(S)/ctc_teacher1: UPSTREAM = $(OUT)/teacher1
+$(S)/ctc_teacher1: $(S)/teacher1 $(S)/manifests
+$(S)/ctc_teacher2: UPSTREAM = $(OUT)/teacher2
+$(S)/ctc_teacher2: $(S)/teacher2 $(S)/manifests
 $(STUDENTS:%=$(S)/ctc_%): UPSTREAM = $(OUT)/distill_$(@F:ctc_%=%)
 $(STUDENTS:%=$(S)/ctc_%): $(S)/ctc_%: $(S)/distill_% $(S)/manifests
 $(HEADS:%=$(S)/ctc_%):
 	$(STAGE) $@ $(TORCH1) $(HL) finetune-ctc --upstream $(UPSTREAM) --train $(M)/ctc_train.tsv \
 	  --dev $(DATA)/dev.tsv --out $(OUT)/$(@F) --config configs/ctc/demo.yaml \
-	  --max-steps $(CTC_STEPS) --feature-cache memory --set num_threads=$(JOB_THREADS)
+	  --max-steps $(CTC_STEPS) --feature-cache memory --set num_threads=$(JOB_THREADS) \
+	  --set patience=$(CTC_PATIENCE) --set eval_every=$(CTC_EVAL_EVERY) \
+	  --set checkpoint_every=$(CTC_EVAL_EVERY)
+
+# ---- end-to-end fine-tuning: the low-resource experiment and the shipped models
+# the DKD student to fine-tune: beta 1 or 4, whichever frozen head scored better on dev
+$(S)/pick_dkd: $(S)/eval_ctc_dkd_b1 $(S)/eval_ctc_dkd_b4
+	$(STAGE) $@ bash -c 'best=$$($(PY) scripts/demo_pick.py --runs $(OUT) ctc_dkd_b1 ctc_dkd_b4) && \
+	  ln -sfn distill_$${best#ctc_} $(OUT)/distill_dkd && echo "DKD student: $${best#ctc_}"'
+
+$(S)/ft_random_low $(S)/ft_random_all: UPSTREAM = random:configs/distill/demo_dkd_b1.yaml
+$(S)/ft_random_low $(S)/ft_random_all: $(S)/manifests
+$(S)/ft_dkd_low $(S)/ft_dkd_all: $(S)/pick_dkd
+$(S)/ft_ce_low $(S)/ft_ce_all: $(S)/distill_ce
+$(S)/ft_feature_low $(S)/ft_feature_all: $(S)/distill_feature
+$(S)/ft_causal_all: $(S)/distill_causal_dkd
+$(S)/ft_causal_all: UPSTREAM = $(OUT)/distill_causal_dkd
+$(S)/ft_causal_all: FT_CONFIG = configs/ctc/demo_causal.yaml
+$(FT_RUNS:%=$(S)/%): UPSTREAM ?= $(OUT)/distill_$(word 2,$(subst _, ,$(@F)))
+$(FT_RUNS:%=$(S)/%): FT_CONFIG ?= configs/ctc/demo.yaml
+$(FT_RUNS:%=$(S)/%): $(S)/manifests
+	$(STAGE) $@ $(TORCH1) $(HL) finetune-ctc --end-to-end --upstream $(UPSTREAM) \
+	  --train $(M)/ft_$(lastword $(subst _, ,$(@F))).tsv --dev $(DATA)/dev.tsv \
+	  --out $(OUT)/$(@F) --config $(FT_CONFIG) --max-steps $(FT_STEPS) \
+	  --freeze-upstream-steps $(FT_FREEZE_STEPS) --set num_threads=$(JOB_THREADS) \
+	  --set eval_every=$(FT_EVAL_EVERY) --set checkpoint_every=$(FT_EVAL_EVERY)
 
 # eval_RUN: the run's WER/CER on dev and both halves of test_unseen -> eval/RUN.SPLIT.json
 $(S)/eval_%: $(S)/%
@@ -105,24 +155,24 @@ $(S)/eval_%: $(S)/%
 	    --output $(OUT)/eval/$*.$$split.json || exit 1; done'
 
 # ---- the bundles (under OUT): the best bidirectional run and the causal one, float16 weights
-DEFAULT_CANDIDATES ?= $(filter-out causal_dkd,$(STUDENTS:%=ctc_%))
-STREAMING_CANDIDATES ?= ctc_causal_dkd
+DEFAULT_CANDIDATES ?= $(foreach i,$(FT_INITS),ft_$(i)_all)
+STREAMING_CANDIDATES ?= ft_causal_all
 EXPORT := $(PY) scripts/demo_export.py --runs $(OUT) --fp16-manifest $(M)/test_neural.tsv \
   --corpus-card $(DATA)/card.json
 $(S)/export_default: $(DEFAULT_CANDIDATES:%=$(S)/eval_%)
 	$(STAGE) $@ $(TORCH1) $(EXPORT) --candidates "$(DEFAULT_CANDIDATES)" \
 	  --out $(OUT)/bundles/default --name hubert-lstm-demo \
-	  --description "A bidirectional LSTM student (HuBERT-shaped 128-channel CNN, 3 BiLSTM x 256) with a CTC head"
+	  --description "A bidirectional LSTM student (HuBERT-shaped 128-channel CNN, 3 BiLSTM x 256) with a CTC head, fine-tuned end to end"
 $(S)/export_streaming: $(STREAMING_CANDIDATES:%=$(S)/eval_%)
 	$(STAGE) $@ $(TORCH1) $(EXPORT) --candidates "$(STREAMING_CANDIDATES)" \
 	  --out $(OUT)/bundles/streaming --name hubert-lstm-demo-streaming \
-	  --description "A causal LSTM student (layer-norm 128-channel CNN, 3 unidirectional LSTM x 256) with a CTC head, for streaming"
+	  --description "A causal LSTM student (layer-norm 128-channel CNN, 3 unidirectional LSTM x 256) with a CTC head, fine-tuned end to end, for streaming"
 
 # ---- the table (under OUT) and publishing it
-$(S)/results: $(HEADS:%=$(S)/eval_ctc_%)
+$(S)/results: $(HEADS:%=$(S)/eval_ctc_%) $(FT_RUNS:%=$(S)/eval_%)
 	$(STAGE) $@ $(PY) scripts/demo_results.py --runs $(OUT) --students "$(STUDENTS)" \
-	  --out-json $(OUT)/results.json --out-md $(OUT)/results.md --threads $(SOLO_THREADS) \
-	  --sizes "$(strip $(SIZES))"
+	  --finetuned "$(FT_RUNS)" --out-json $(OUT)/results.json --out-md $(OUT)/results.md \
+	  --threads $(JOB_THREADS) --sizes "$(strip $(SIZES))"
 
 publish: $(S)/results $(S)/export_default $(S)/export_streaming
 	cp $(OUT)/results.md $(PUBLISH_DOCS)/results.md

@@ -2,7 +2,7 @@
 is and what it is not.
 
 Picks, among `--candidates` (run folders under `--runs`, each scored by `hubert-lstm evaluate`
-into eval/RUN.dev.json), the lowest dev CER (the CTC heads are selected by CER too), writes the
+into eval/RUN.dev.json), the lowest dev CER (`demo_pick.best_run`), writes the
 bundle with float16 weights (cast back at load; the WER/CER change is measured on the unseen
 neural voices and recorded) and fills the card from the evaluation files.
 """
@@ -13,6 +13,8 @@ import argparse
 import json
 from pathlib import Path
 from typing import Any
+
+from demo_pick import best_run
 
 from model_training.bundle import load_bundle
 from model_training.training.export import export_run
@@ -98,11 +100,7 @@ def main() -> None:
     parser.add_argument("--corpus-card", type=Path, required=True)
     args = parser.parse_args()
 
-    scored = [(r, _eval(args.runs, r, "dev")) for r in args.candidates.split()]
-    scored = [(r, d) for r, d in scored if d is not None and d["cer"] is not None]
-    if not scored:
-        raise SystemExit(f"no candidate of {args.candidates!r} has a dev evaluation")
-    best, _ = min(scored, key=lambda rd: (rd[1]["cer"], rd[1]["wer"]))
+    best = best_run(args.runs, args.candidates.split())
     provenance = export_run(
         args.runs / best,
         args.out,

@@ -17,11 +17,13 @@ from typing import Any
 
 import torch
 
+from model_training.data.manifest import read_manifest
 from model_training.training.evaluate import load_recognizer
 
 ROWS: dict[str, str] = {
     "fbank": "log-mel fbank (no upstream model)",
-    "teacher": "mini HuBERT teacher (transformer)",
+    "teacher1": "mini HuBERT teacher, iteration 1 (MFCC units)",
+    "teacher2": "mini HuBERT teacher, iteration 2 (units of iteration 1's layer)",
     "ce": "LSTM student, CE only",
     "kd": "LSTM student, CE + KD",
     "dkd_b1": "LSTM student, CE + DKD (beta 1)",
@@ -55,36 +57,66 @@ def measure_throughput(
     return {name: round(seconds / statistics.median(t), 2) for name, t in times.items()}
 
 
+FT_INITS = {
+    "random": "random init (no distillation)",
+    "dkd": "DKD student",
+    "ce": "CE student",
+    "feature": "DistilHuBERT-style student",
+    "causal": "causal DKD student (causal head)",
+}
+
+
+def _manifest_hours(path: Path) -> float | None:
+    return read_manifest(path).total_samples / 16000 / 3600 if path.is_file() else None
+
+
+def finetuned_description(runs: Path, run: str) -> str:
+    """ "DKD student (dkd_b4), all 12.0 h" for ft_dkd_all, from the run folders themselves."""
+    _, init, data = run.split("_", 2)
+    text = FT_INITS.get(init, init)
+    link = runs / f"distill_{init}"
+    if init == "dkd" and link.is_symlink():
+        text += f" ({Path(link.readlink()).name.removeprefix('distill_')})"
+    hours = _manifest_hours(runs / "manifests" / f"ft_{data}.tsv")
+    return f"{text}, {data}" + ("" if hours is None else f" {hours:.1f} h")
+
+
+def teacher_accuracy(runs: Path) -> list[dict[str, Any]]:
+    """Masked-unit accuracy per HuBERT iteration (the last teacher's metrics.json lists all)."""
+    for name in ("teacher2", "teacher1"):
+        path = runs / name / "metrics.json"
+        if path.is_file():
+            return json.loads(path.read_text()).get("iterations", [])
+    return []
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=Path, default=Path("runs/demo"))
     parser.add_argument("--students", default="ce kd dkd_b1 dkd_b4 feature")
+    parser.add_argument("--finetuned", default="", help="end-to-end runs, e.g. ft_dkd_all")
     parser.add_argument("--out-json", type=Path, default=Path("runs/demo/results.json"))
-    parser.add_argument("--out-md", type=Path, default=Path("docs/results.md"))
+    parser.add_argument("--out-md", type=Path, default=Path("runs/demo/results.md"))
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument(
-        "--long", default="", help="upstreams that also have a longer head (runs/ctc_long_NAME)"
-    )
-    parser.add_argument("--long-steps", type=int, default=None, help="for the table's text")
-    parser.add_argument("--long-hours", type=float, default=None, help="for the table's text")
     parser.add_argument("--sizes", default="", help="the run's size variables, for the text")
     args = parser.parse_args()
 
-    names = ["fbank", "teacher", *args.students.split()]
+    names = ["fbank", "teacher1", "teacher2", *args.students.split()]
     runs = {n: args.runs / f"ctc_{n}" for n in names if (args.runs / f"ctc_{n}").is_dir()}
     speed = measure_throughput(runs, args.seconds, args.repeats, args.threads)
     rows = [score_row(args.runs, name, run, speed[name]) for name, run in runs.items()]
-    long_rows = [
-        score_row(args.runs, f"long_{name}", args.runs / f"ctc_long_{name}", None)
-        for name in args.long.split()
-    ]
+    ft_rows = []
+    for run in args.finetuned.split():
+        if (args.runs / run).is_dir():
+            row = score_row(args.runs, run, args.runs / run, None)
+            ft_rows.append({**row, "description": finetuned_description(args.runs, run)})
     result = {
         "sizes": args.sizes,
+        "teacher_iterations": teacher_accuracy(args.runs),
         "rows": rows,
-        "long_rows": long_rows,
-        "long_head": {"steps": args.long_steps, "hours": args.long_hours},
+        "finetuned_rows": ft_rows,
         "throughput": {
             "input_seconds": args.seconds,
             "batch": 1,
@@ -106,7 +138,7 @@ def score_row(runs: Path, name: str, run: Path, speed: float | None) -> dict[str
     rec = load_recognizer(run)
     row: dict[str, Any] = {
         "name": name,
-        "description": ROWS.get(name.removeprefix("long_"), name),
+        "description": ROWS.get(name, name),
         "upstream_parameters": _upstream_parameters(rec.model),
         "total_parameters": rec.parameters,
         "dev_wer": dev["wer"],
@@ -162,17 +194,36 @@ def render_markdown(result: dict[str, Any]) -> str:
         f"CPU throughput: {t['what']}; batch {t['batch']}, {t['input_seconds']:.0f} s input, "
         f"{t['threads']} threads, {t['repeats']} repeats."
     )
-    if result.get("long_rows"):
-        head = result["long_head"]
+    if result.get("finetuned_rows"):
         lines += [
             "",
-            "## A longer CTC head",
+            "## End-to-end fine-tuning: what distillation buys",
             "",
-            f"Each with a CTC head trained {head['steps']} steps on {head['hours']:g} h of the "
-            "train split (same config otherwise).",
+            "The whole model (upstream unfrozen at a tenth of the head's learning rate, frozen "
+            "for the first tenth of the steps) fine-tuned with CTC from each starting point, "
+            "with the same steps and data for each.",
             "",
-            *_table(result["long_rows"], speed=False),
+            *_table(result["finetuned_rows"], speed=False),
         ]
+    if result.get("teacher_iterations"):
+        lines += [
+            "",
+            "## Teacher pretraining",
+            "",
+            "Masked-unit accuracy on dev (eval mode, fixed masks). Each iteration predicts its "
+            "own units, so the numbers describe each task, not one teacher against the other.",
+            "",
+            "| iteration | units | steps | dev masked-unit accuracy % |",
+            "|---:|---|---:|---:|",
+        ]
+        for it in result["teacher_iterations"]:
+            acc = (it.get("eval") or {}).get("acc_masked")
+            units = it.get("units", "-")
+            if isinstance(units, dict):
+                units = ", ".join(f"{k} {v}" for k, v in units.items() if not isinstance(v, dict))
+            lines.append(
+                f"| {it.get('iteration')} | {units} | {it.get('step', '-')} | {_pct(acc)} |"
+            )
     return HEADER.format(sizes=result.get("sizes") or "see the run") + "\n".join(lines) + "\n"
 
 
