@@ -59,8 +59,9 @@ from common import (
     write_json,
 )
 from torch import Tensor, nn
-from torch.nn.utils.rnn import PackedSequence
-from torch.utils.flop_counter import FlopCounterMode
+
+from model_training import macs
+from model_training.macs import flop_counter_counts_lstm
 
 log = logging.getLogger("model_speed")
 
@@ -82,16 +83,12 @@ class ModelSpec:
 
 def _hubert(num_layers: int) -> nn.Module:
     """transformers' HubertModel with `num_layers` Transformer layers, weight norm folded."""
-    from torch.nn.utils import parametrize
     from transformers import HubertConfig, HubertModel
 
-    model = HubertModel(HubertConfig(num_hidden_layers=num_layers)).eval()
     # The positional conv's weight norm is recomputed every call in training form; a deployed
     # model folds it (and FlopCounterMode cannot trace the parametrization).
-    conv = model.encoder.pos_conv_embed.conv
-    if parametrize.is_parametrized(conv):
-        parametrize.remove_parametrizations(conv, "weight", leave_parametrized=True)
-    return model
+    model = HubertModel(HubertConfig(num_hidden_layers=num_layers)).eval()
+    return macs.fold_parametrizations(model)
 
 
 def _call_hf(model: nn.Module, x: Tensor) -> Any:
@@ -162,90 +159,10 @@ MODELS: dict[str, ModelSpec] = {
 # --- MAC counting -------------------------------------------------------------------------
 
 
-def lstm_macs(module: nn.Module, steps: int) -> int:
-    """MACs of an (optionally bidirectional, multi-layer) LSTM over `steps` batch-time steps.
-
-    Per step, direction and layer: the four gates' input and recurrent matmuls,
-    4 * H * (D_in + H); D_in is the input size for layer 0 and H * directions above it.
-    """
-    hidden = int(module.hidden_size)
-    dirs = 2 if module.bidirectional else 1
-    total = 0
-    for layer in range(int(module.num_layers)):
-        d_in = int(module.input_size) if layer == 0 else hidden * dirs
-        total += 4 * hidden * (d_in + hidden) * dirs
-    return total * steps
-
-
-def _is_lstm(module: nn.Module) -> bool:
-    return isinstance(module, nn.LSTM) or type(module).__name__ == "LSTM"
-
-
-def flop_counter_counts_lstm() -> bool:
-    """Whether FlopCounterMode sees an LSTM's matmuls on this build (checked, not assumed)."""
-    lstm = nn.LSTM(8, 8, batch_first=True).eval()
-    counter = FlopCounterMode(display=False)
-    with torch.inference_mode(), counter:
-        lstm(torch.randn(1, 4, 8))
-    return counter.get_total_flops() > 0
-
-
 def count_macs(spec: ModelSpec, model: nn.Module, x: Tensor, count_lstm: bool) -> dict[str, Any]:
-    """Run `model` once on `x` (B=1) and count its MACs per audio second.
-
-    Returns total, a breakdown by top-level submodule and by op, and how LSTMs were counted.
-    """
-    lstm_steps: dict[str, int] = {}
-
-    def hook(name: str) -> Callable[..., None]:
-        def record(_module: nn.Module, args: tuple[Any, ...], _out: Any) -> None:
-            inp = args[0]
-            if isinstance(inp, PackedSequence):
-                steps = int(inp.data.shape[0])
-            else:
-                steps = int(inp.shape[0] * inp.shape[1]) if inp.dim() == 3 else int(inp.shape[0])
-            lstm_steps[name] = lstm_steps.get(name, 0) + steps
-
-        return record
-
-    handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if _is_lstm(m)]
-    counter = FlopCounterMode(display=False)
-    try:
-        with torch.inference_mode(), counter:
-            spec.call(model, x)
-    finally:
-        for h in handles:
-            h.remove()
-    audio_seconds = x.shape[0] * x.shape[1] / SAMPLE_RATE
-    by_module: dict[str, float] = {}
-    by_op: dict[str, float] = {}
-    root = type(model).__name__
-    for key, ops in counter.get_flop_counts().items():
-        parts = key.split(".")
-        if key == "Global":
-            for op, flops in ops.items():
-                by_op[str(op)] = by_op.get(str(op), 0.0) + flops / 2 / audio_seconds
-        elif len(parts) == 2 and parts[0] == root:
-            by_module[parts[1]] = sum(ops.values()) / 2 / audio_seconds
-    total = counter.get_total_flops() / 2 / audio_seconds
-    lstm_total = 0.0
-    if not count_lstm:
-        modules = dict(model.named_modules())
-        for name, steps in lstm_steps.items():
-            macs = lstm_macs(modules[name], steps) / audio_seconds
-            lstm_total += macs
-            top = name.split(".")[0] + " (LSTM, analytic)"
-            by_module[top] = by_module.get(top, 0.0) + macs
-        if lstm_total:
-            by_op["lstm (analytic)"] = lstm_total
-        total += lstm_total
-    return {
-        "macs_per_audio_second": total,
-        "by_module": by_module,
-        "by_op": by_op,
-        "lstm_macs_analytic": lstm_total,
-        "counted_on": f"batch 1, {x.shape[1] / SAMPLE_RATE:g} s input, CPU fp32",
-    }
+    """Run `model` once on `x` (B=1) and count its MACs per audio second
+    (`model_training.macs.count_macs`: total, by top-level submodule and by op, LSTM method)."""
+    return macs.count_macs(model, x, spec.call, sample_rate=SAMPLE_RATE, count_lstm=count_lstm)
 
 
 # --- memory probe (CPU: one fresh subprocess per model and batch) --------------------------

@@ -20,6 +20,8 @@ sys.path.insert(0, str(BENCH_DIR))
 import model_speed  # noqa: E402
 import service_load  # noqa: E402
 
+from model_training.macs import lstm_macs  # noqa: E402
+
 
 def run_script(name: str, *args: str, timeout: int = 240) -> None:
     proc = subprocess.run(
@@ -46,7 +48,7 @@ def test_lstm_macs_match_the_gate_matmuls() -> None:
     lstm = nn.LSTM(8, 4, num_layers=2, bidirectional=True)
     # layer 0: 4 gates x H x (D_in + H) x 2 directions; layer 1 reads 2H
     per_step = 4 * 4 * (8 + 4) * 2 + 4 * 4 * (8 + 4) * 2
-    assert model_speed.lstm_macs(lstm, steps=10) == per_step * 10
+    assert lstm_macs(lstm, steps=10) == per_step * 10
 
 
 def test_count_macs_counts_conv_and_lstm_of_a_student() -> None:

@@ -80,6 +80,8 @@ STUDENT_FACTORIES: dict[str, tuple[str, str]] = {
     "lstm": ("lstm_student", "model_training.models.student:lstm_student"),
     "lstm_paper": ("lstm_student", "model_training.models.student:lstm_student_paper"),
     "lstm_small": ("lstm_student", "model_training.models.student:lstm_student_small"),
+    "lstm_paper_fast": ("lstm_student", "model_training.models.student:lstm_student_paper_fast"),
+    "lstm_small_fast": ("lstm_student", "model_training.models.student:lstm_student_small_fast"),
     "lstm_tiny": ("lstm_student", "model_training.models.student:lstm_student_tiny"),
     "distilhubert_paper": ("distilhubert", "model_training.models.distilhubert:distilhubert_paper"),
     "distilhubert_small": ("distilhubert", "model_training.models.distilhubert:distilhubert_small"),
