@@ -90,6 +90,48 @@ def test_ratios_pair_models_on_the_same_device_and_batch() -> None:
     assert "vs_distilhubert" not in ratios[("student_paper", 16)]  # no reference at batch 16
 
 
+def test_ratios_against_the_reference_at_its_best_precision() -> None:
+    def row(model: str, base: str, precision: str, seconds: float) -> dict:
+        return {"model": model, "base": base, "precision": precision, "device": "cpu",
+                "batch": 16, "samples_s": [seconds],
+                "audio_s_per_wall_s": 160 / seconds}  # fmt: skip
+
+    results = [
+        row("distilhubert", "distilhubert", "fp32", 8.0),
+        row("distilhubert_bf16", "distilhubert", "bf16", 4.0),
+        row("distilhubert_int8", "distilhubert", "int8", 6.0),
+        row("student_paper_fast", "student_paper_fast", "fp32", 2.0),
+        row("student_paper_fast_bf16", "student_paper_fast", "bf16", 1.0),
+    ]
+    ratios = {r["model"]: r for r in model_speed.compute_ratios(results)}
+    fast = ratios["student_paper_fast"]
+    assert fast["vs_distilhubert"] == pytest.approx(4.0)  # fp32 vs fp32
+    assert fast["vs_distilhubert_best"] == pytest.approx(2.0)  # vs bf16, the fastest
+    assert fast["vs_distilhubert_best_precision"] == "bf16"
+    assert ratios["student_paper_fast_bf16"]["vs_distilhubert_best"] == pytest.approx(4.0)
+    assert ratios["student_paper_fast_bf16"]["precision"] == "bf16"
+
+
+def test_precision_rows_share_the_base_model_and_its_macs() -> None:
+    specs = model_speed.MODELS
+    for base in model_speed.BASE_MODELS:
+        assert specs[f"{base}_bf16"].build is specs[base].build
+        assert specs[f"{base}_int8"].macs_from == base and specs[f"{base}_int8"].cpu_only
+        assert specs[f"{base}_fp16"].cuda_only
+    assert set(model_speed.DEFAULT_MODELS) <= set(specs)
+    # the autocast call really runs the model under bf16 autocast
+    seen = []
+    spec = specs["student_demo_bf16"]
+
+    class Probe(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            seen.append(torch.is_autocast_enabled("cpu"))
+            return x
+
+    spec.call(Probe(), torch.zeros(1, 4))
+    assert seen == [True]
+
+
 def test_synth_audio_lengths_span_the_range() -> None:
     import io
 
@@ -163,15 +205,17 @@ def test_model_speed_quick_all_models_with_memory(tmp_path: Path) -> None:
     out = tmp_path / "speed.json"
     run_script(
         "model_speed.py", "--quick", "--devices", "cpu", "--memory", "subprocess",
-        "--out", str(out), timeout=600,
+        "--models", "all", "--out", str(out), timeout=600,
     )  # fmt: skip
     doc = json.loads(out.read_text())
-    assert {r["model"] for r in doc["results"]} == set(model_speed.MODELS)
+    cpu_models = {n for n, spec in model_speed.MODELS.items() if not spec.cuda_only}
+    assert {r["model"] for r in doc["results"]} == cpu_models
     for r in doc["results"]:
         assert r["memory"]["peak_memory_mb"] > 0, r
     macs = {name: m["macs"]["macs_per_audio_second"] for name, m in doc["models"].items()}
     # same CNN; HuBERT Base has 10 more Transformer layers than DistilHuBERT
     assert macs["hubert_base"] > macs["distilhubert"] > macs["student_demo"]
+    assert macs["student_paper_fast"] < 0.25 * macs["student_paper"]
     assert macs["student_paper_int8"] == macs["student_paper"]
     pairs = {(r["model"], r["batch"]): r for r in doc["ratios"]}
     assert pairs[("hubert_base", 1)]["vs_hubert_base"] == pytest.approx(1.0)
