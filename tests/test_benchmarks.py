@@ -284,3 +284,27 @@ def test_lstm_cpu_quick(tmp_path: Path) -> None:
     assert scenarios == ["one_thread", "main_thread_ran_lstm", "decode_threads_resampled"]
     assert doc["thread_scenarios"][0]["slowdown_vs_one_thread"] == 1.0
     assert out.with_suffix(".md").exists()
+
+
+def test_distill_throughput_quick(tmp_path: Path) -> None:
+    out = tmp_path / "dt.json"
+    run_script("distill_throughput.py", "--quick", "--threads", "1", "--out", str(out), timeout=600)
+    doc = json.loads(out.read_text())
+    check_header(doc, "distill_throughput")
+    result = doc["results"]["lstm_small"]
+    for mode in ("cached", "on_the_fly"):
+        assert result["modes"][mode]["steps_per_s"] > 0
+        assert result["modes"][mode]["samples"] == 2  # 3 steps, the first dropped
+    ratio = result["modes"]["cached"]["steps_per_s"] / result["modes"]["on_the_fly"]["steps_per_s"]
+    assert result["speedup_cached_over_on_the_fly"] == pytest.approx(ratio)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the behaviour without a GPU")
+def test_gpu_check_without_a_gpu_runs_nothing(tmp_path: Path) -> None:
+    script = BENCH_DIR.parent / "scripts" / "gpu_check.sh"
+    out = tmp_path / "gpu"
+    env = {"PATH": "/usr/bin:/bin", "PY": sys.executable, "OUT": str(out)}
+    proc = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "no CUDA GPU" in proc.stderr
+    assert not out.exists()  # no results, so no GPU numbers without a GPU
