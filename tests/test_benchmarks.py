@@ -308,3 +308,26 @@ def test_gpu_check_without_a_gpu_runs_nothing(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "no CUDA GPU" in proc.stderr
     assert not out.exists()  # no results, so no GPU numbers without a GPU
+
+
+def test_precision_cer_on_a_tiny_bundle(tmp_path: Path) -> None:
+    from model_training.testing import build_tiny_bundle
+    from model_training.training.fixtures import write_tone_corpus
+
+    bundle = build_tiny_bundle(tmp_path / "bundle")
+    manifest = write_tone_corpus(tmp_path / "corpus", 2, 0.5, 0.8)
+    rows = manifest.read_text().splitlines()
+    manifest.write_text("\n".join([rows[0]] + [r.replace("\t\t", "\tHELLO\t") for r in rows[1:]]))
+    out = tmp_path / "pc.json"
+    run_script(
+        "precision_cer.py", "--model", str(bundle), "--manifest", str(manifest),
+        "--rounds", "1", "--threads", "1", "--out", str(out),
+    )  # fmt: skip
+    doc = json.loads(out.read_text())
+    check_header(doc, "precision_cer")
+    assert set(doc["results"]) == {"fp32", "bf16", "int8"}
+    assert doc["settings"]["utterances"] == 2
+    fp32 = doc["results"]["fp32"]
+    assert fp32["cer_change_points"] == 0 and fp32["speedup_vs_fp32"] == 1
+    for r in doc["results"].values():
+        assert r["cer"] >= 0 and r["rtf"] > 0
