@@ -33,13 +33,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from model_training.models.cnn import ConvSpec, conv_output_lengths, length_mask, validate_waveforms
-from model_training.models.fbank import LogMel
+from model_training.models.fbank import FbankConfig, LogMel
 
 # (channels, kernel, stride) over the 100 Hz log-mel frames; the product of strides times the
 # mel hop must be 320 samples (50 Hz).
 LOGMEL_CONV_LAYERS: tuple[ConvSpec, ...] = ((256, 3, 1), (256, 3, 2))
 FRAME_HOP = 320  # HuBERT's hop at 16 kHz
 FRAME_WINDOW = 400  # HuBERT's receptive field: frame t ends at sample 320 t + 400
+_MEL_FIELDS = ("n_mels", "win_length", "hop_length", "n_fft", "f_min", "f_max", "sample_rate")
 
 
 @dataclass
@@ -68,11 +69,8 @@ class LogMelFrontendConfig:
 
     def __post_init__(self) -> None:
         self.conv_layers = [tuple(int(v) for v in spec) for spec in self.conv_layers]  # type: ignore[misc]
-        for name in ("n_mels", "win_length", "hop_length", "n_fft", "sample_rate"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, found {getattr(self, name)}")
-        if self.n_fft < self.win_length:
-            raise ValueError(f"n_fft must be >= win_length {self.win_length}, found {self.n_fft}")
+        # the mel analysis has the fbank baseline's parameters and checks
+        FbankConfig(**{k: getattr(self, k) for k in _MEL_FIELDS}, stack=1)
         if self.win_length != FRAME_WINDOW:
             raise ValueError(
                 f"win_length must be {FRAME_WINDOW} (frame t ends at sample 320 t + 400, as in "
@@ -87,12 +85,6 @@ class LogMelFrontendConfig:
             raise ValueError(
                 f"hop_length x conv strides must be {FRAME_HOP} samples (50 Hz), found "
                 f"{self.hop_length} x {self.stride}"
-            )
-        nyquist = self.sample_rate / 2
-        f_max = self.f_max if self.f_max is not None else nyquist
-        if not 0 <= self.f_min < f_max <= nyquist:
-            raise ValueError(
-                f"expected 0 <= f_min < f_max <= {nyquist}, found {self.f_min}, {self.f_max}"
             )
 
     @property
@@ -143,9 +135,7 @@ class LogMelFrontend(nn.Module):
         super().__init__()
         self.config = config or LogMelFrontendConfig()
         c = self.config
-        self.log_mel = LogMel(
-            c.n_mels, c.win_length, c.hop_length, c.n_fft, c.f_min, c.f_max, c.sample_rate
-        )
+        self.log_mel = LogMel(*(getattr(c, k) for k in _MEL_FIELDS))
         layers = []
         in_ch = c.n_mels
         for spec in c.conv_layers:
