@@ -201,11 +201,12 @@ def test_cpu_memory_probe_sees_torch_allocations() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1500)  # every model at every CPU precision, a memory probe process each
 def test_model_speed_quick_all_models_with_memory(tmp_path: Path) -> None:
     out = tmp_path / "speed.json"
     run_script(
         "model_speed.py", "--quick", "--devices", "cpu", "--memory", "subprocess",
-        "--models", "all", "--out", str(out), timeout=600,
+        "--models", "all", "--out", str(out), timeout=1500,
     )  # fmt: skip
     doc = json.loads(out.read_text())
     cpu_models = {n for n, spec in model_speed.MODELS.items() if not spec.cuda_only}
