@@ -21,12 +21,27 @@ def tiny_ctc_head(layer_dims: list[int], vocab_size: int = 29) -> CTCHead:
     )
 
 
+# A tiny log-mel front-end (`models/frontend.py`) for tests of the light student.
+TINY_LOGMEL = {"n_mels": 16, "conv_layers": [[8, 3, 1], [8, 3, 2]]}
+
+
 def build_tiny_bundle(
-    out_dir: str | Path, seed: int = 0, with_ctc: bool = True, quantize: str | None = None
+    out_dir: str | Path,
+    seed: int = 0,
+    with_ctc: bool = True,
+    quantize: str | None = None,
+    frontend: str = "cnn",
 ) -> Path:
-    """Write a random-init tiny student (+ CTC head) bundle; returns its directory."""
+    """Write a random-init tiny student (+ CTC head) bundle; returns its directory.
+
+    frontend: "cnn" (HuBERT-shaped) or "logmel" (the light front-end, `TINY_LOGMEL`).
+    """
     torch.manual_seed(seed)
-    student = lstm_student_tiny()
+    student = (
+        lstm_student_tiny(frontend="logmel", logmel=dict(TINY_LOGMEL))
+        if frontend == "logmel"
+        else lstm_student_tiny()
+    )
     vocab = CharVocab() if with_ctc else None
     head = tiny_ctc_head(student.hidden_dims, len(vocab)) if vocab is not None else None
     return save_bundle(

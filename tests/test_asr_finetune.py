@@ -104,9 +104,7 @@ def test_resume_equals_uninterrupted(speech: Path, tmp_path) -> None:
     assert ma["evaluations"] == mb["evaluations"] and ma["best"] == mb["best"]
 
 
-def test_patience_stops_when_dev_stops_improving_and_keeps_the_best(
-    speech: Path, tmp_path
-) -> None:
+def test_patience_stops_when_dev_stops_improving_and_keeps_the_best(speech: Path, tmp_path) -> None:
     # a vanishing lr: the head barely moves, so no evaluation after the first improves on it
     opts = dict(max_steps=50, eval_every=2, checkpoint_every=50, max_batch_size=2)
     config = _config(speech, tmp_path / "run", target_dev_cer=None, patience=3, **opts)
