@@ -10,8 +10,13 @@ Models (random weights: speed does not depend on the values):
     distilhubert        the DistilHuBERT architecture: the same CNN + 2 x 768 Transformer layers
                         (its layer-prediction heads are training-only and left out)
     student_paper       lstm_student_paper(num_classes=0): CNN + 4 BiLSTM x 384 (as served)
+    student_paper_fast  lstm_student_paper_fast(num_classes=0): the same LSTMs on the light
+                        log-mel front-end (models/frontend.py)
     student_demo        lstm_student_small(num_classes=0): the CPU demo student
-    student_paper_int8  student_paper after quantize_dynamic_int8 (LSTM/Linear int8; CPU only)
+each at a precision named by a suffix: none = fp32; `_bf16` and `_fp16` = autocast
+(`model_training.precision.inference_autocast`; fp16 on CUDA only); `_int8` = dynamic int8
+LSTM/Linear (`quantize_dynamic_int8`, convolutions stay fp32; CPU only). The default list is
+`DEFAULT_MODELS`; `--models all` runs every combination.
 
 Memory: on CPU, the peak RSS growth during one forward (torch's allocations are invisible to
 tracemalloc): by default measured on the first warm-up call of each model and batch after
@@ -24,7 +29,7 @@ fused LSTM kernels; the script checks that on a bare nn.LSTM and, where it misse
 the LSTM MACs from the module shapes and the steps that actually ran (4 * H * (D_in + H) per
 step and direction). The JSON says which.
 
-    python benchmarks/model_speed.py                 # full run (a few minutes on 2 cores)
+    python benchmarks/model_speed.py                 # full run (several minutes on 2 cores)
     python benchmarks/model_speed.py --quick         # seconds; checks the script, not the speed
 """
 
@@ -34,6 +39,7 @@ import argparse
 import json
 import logging
 import math
+import os
 import subprocess
 import sys
 import time
@@ -59,8 +65,9 @@ from common import (
     write_json,
 )
 from torch import Tensor, nn
-from torch.nn.utils.rnn import PackedSequence
-from torch.utils.flop_counter import FlopCounterMode
+
+from model_training import macs
+from model_training.macs import flop_counter_counts_lstm
 
 log = logging.getLogger("model_speed")
 
@@ -78,20 +85,19 @@ class ModelSpec:
     call: Callable[[nn.Module, Tensor], Any]
     cpu_only: bool = False
     macs_from: str | None = None  # count MACs on this model instead (same arithmetic)
+    base: str = ""  # the fp32 model this one derives from
+    precision: str = "fp32"
+    cuda_only: bool = False
 
 
 def _hubert(num_layers: int) -> nn.Module:
     """transformers' HubertModel with `num_layers` Transformer layers, weight norm folded."""
-    from torch.nn.utils import parametrize
     from transformers import HubertConfig, HubertModel
 
-    model = HubertModel(HubertConfig(num_hidden_layers=num_layers)).eval()
     # The positional conv's weight norm is recomputed every call in training form; a deployed
     # model folds it (and FlopCounterMode cannot trace the parametrization).
-    conv = model.encoder.pos_conv_embed.conv
-    if parametrize.is_parametrized(conv):
-        parametrize.remove_parametrizations(conv, "weight", leave_parametrized=True)
-    return model
+    model = HubertModel(HubertConfig(num_hidden_layers=num_layers)).eval()
+    return macs.fold_parametrizations(model)
 
 
 def _call_hf(model: nn.Module, x: Tensor) -> Any:
@@ -102,150 +108,119 @@ def _call_student(model: nn.Module, x: Tensor) -> Any:
     return model(x)
 
 
-def _student_paper() -> nn.Module:
-    from model_training.models.student import lstm_student_paper
+def _student(factory: str) -> Callable[[], nn.Module]:
+    def build() -> nn.Module:
+        from model_training.models import student
 
-    return lstm_student_paper(num_classes=0).eval()
+        return getattr(student, factory)(num_classes=0).eval()
 
-
-def _student_demo() -> nn.Module:
-    from model_training.models.student import lstm_student_small
-
-    return lstm_student_small(num_classes=0).eval()
+    return build
 
 
-def _student_paper_int8() -> nn.Module:
-    from model_training.bundle import quantize_dynamic_int8
-
-    return quantize_dynamic_int8(_student_paper())
-
-
-MODELS: dict[str, ModelSpec] = {
-    s.name: s
-    for s in (
-        ModelSpec(
-            "hubert_base",
-            "HuBERT Base (transformers HubertConfig(), 12 x 768 Transformer), random init",
-            lambda: _hubert(12),
-            _call_hf,
-        ),
-        ModelSpec(
-            "distilhubert",
-            "DistilHuBERT architecture (HuBERT CNN + 2 x 768 Transformer), random init",
-            lambda: _hubert(2),
-            _call_hf,
-        ),
-        ModelSpec(
-            "student_paper",
-            "paper student: HuBERT CNN + 4 BiLSTM x 384, no training head",
-            _student_paper,
-            _call_student,
-        ),
-        ModelSpec(
-            "student_demo",
-            "demo student (lstm_student_small, as configured in student.py), no head",
-            _student_demo,
-            _call_student,
-        ),
-        ModelSpec(
-            "student_paper_int8",
-            "paper student with dynamic int8 LSTM/Linear (quantize_dynamic_int8)",
-            _student_paper_int8,
-            _call_student,
-            cpu_only=True,
-            macs_from="student_paper",
-        ),
-    )
+Builder = Callable[[], nn.Module]
+Caller = Callable[[nn.Module, Tensor], Any]
+BASE_MODELS: dict[str, tuple[str, Builder, Caller]] = {
+    "hubert_base": (
+        "HuBERT Base (transformers HubertConfig(), 12 x 768 Transformer), random init",
+        lambda: _hubert(12),
+        _call_hf,
+    ),
+    "distilhubert": (
+        "DistilHuBERT architecture (HuBERT CNN + 2 x 768 Transformer), random init",
+        lambda: _hubert(2),
+        _call_hf,
+    ),
+    "student_paper": (
+        "paper student: HuBERT CNN + 4 BiLSTM x 384, no training head",
+        _student("lstm_student_paper"),
+        _call_student,
+    ),
+    "student_paper_fast": (
+        "paper-fast student: log-mel + conv subsampler + 4 BiLSTM x 384, no training head",
+        _student("lstm_student_paper_fast"),
+        _call_student,
+    ),
+    "student_demo": (
+        "demo student (lstm_student_small, as configured in student.py), no head",
+        _student("lstm_student_small"),
+        _call_student,
+    ),
 }
+
+
+def _autocast_call(call: Caller, precision: str) -> Caller:
+    def run(model: nn.Module, x: Tensor) -> Any:
+        from model_training.precision import inference_autocast
+
+        with inference_autocast(x.device, precision):
+            return call(model, x)
+
+    return run
+
+
+def _int8(build: Builder) -> Builder:
+    def run() -> nn.Module:
+        from model_training.bundle import quantize_dynamic_int8
+
+        return quantize_dynamic_int8(build())
+
+    return run
+
+
+def _model_specs() -> list[ModelSpec]:
+    """Every base model at fp32, bf16, fp16 (CUDA) and int8 (CPU)."""
+    specs = []
+    for base, (description, build, call) in BASE_MODELS.items():
+        specs.append(ModelSpec(base, f"{description} (fp32)", build, call, base=base))
+        for precision in ("bf16", "fp16"):
+            specs.append(
+                ModelSpec(
+                    f"{base}_{precision}",
+                    f"{description} ({precision} autocast)",
+                    build,
+                    _autocast_call(call, precision),
+                    macs_from=base,
+                    base=base,
+                    precision=precision,
+                    cuda_only=precision == "fp16",
+                )
+            )
+        specs.append(
+            ModelSpec(
+                f"{base}_int8",
+                f"{description} (dynamic int8 LSTM/Linear, quantize_dynamic_int8)",
+                _int8(build),
+                call,
+                cpu_only=True,
+                macs_from=base,
+                base=base,
+                precision="int8",
+            )
+        )
+    return specs
+
+
+MODELS: dict[str, ModelSpec] = {s.name: s for s in _model_specs()}
+DEFAULT_MODELS = (
+    "hubert_base",
+    "hubert_base_bf16",
+    "distilhubert",
+    "distilhubert_bf16",
+    "student_paper",
+    "student_paper_fast",
+    "student_paper_fast_bf16",
+    "student_paper_fast_int8",
+    "student_demo",
+)
 
 
 # --- MAC counting -------------------------------------------------------------------------
 
 
-def lstm_macs(module: nn.Module, steps: int) -> int:
-    """MACs of an (optionally bidirectional, multi-layer) LSTM over `steps` batch-time steps.
-
-    Per step, direction and layer: the four gates' input and recurrent matmuls,
-    4 * H * (D_in + H); D_in is the input size for layer 0 and H * directions above it.
-    """
-    hidden = int(module.hidden_size)
-    dirs = 2 if module.bidirectional else 1
-    total = 0
-    for layer in range(int(module.num_layers)):
-        d_in = int(module.input_size) if layer == 0 else hidden * dirs
-        total += 4 * hidden * (d_in + hidden) * dirs
-    return total * steps
-
-
-def _is_lstm(module: nn.Module) -> bool:
-    return isinstance(module, nn.LSTM) or type(module).__name__ == "LSTM"
-
-
-def flop_counter_counts_lstm() -> bool:
-    """Whether FlopCounterMode sees an LSTM's matmuls on this build (checked, not assumed)."""
-    lstm = nn.LSTM(8, 8, batch_first=True).eval()
-    counter = FlopCounterMode(display=False)
-    with torch.inference_mode(), counter:
-        lstm(torch.randn(1, 4, 8))
-    return counter.get_total_flops() > 0
-
-
 def count_macs(spec: ModelSpec, model: nn.Module, x: Tensor, count_lstm: bool) -> dict[str, Any]:
-    """Run `model` once on `x` (B=1) and count its MACs per audio second.
-
-    Returns total, a breakdown by top-level submodule and by op, and how LSTMs were counted.
-    """
-    lstm_steps: dict[str, int] = {}
-
-    def hook(name: str) -> Callable[..., None]:
-        def record(_module: nn.Module, args: tuple[Any, ...], _out: Any) -> None:
-            inp = args[0]
-            if isinstance(inp, PackedSequence):
-                steps = int(inp.data.shape[0])
-            else:
-                steps = int(inp.shape[0] * inp.shape[1]) if inp.dim() == 3 else int(inp.shape[0])
-            lstm_steps[name] = lstm_steps.get(name, 0) + steps
-
-        return record
-
-    handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if _is_lstm(m)]
-    counter = FlopCounterMode(display=False)
-    try:
-        with torch.inference_mode(), counter:
-            spec.call(model, x)
-    finally:
-        for h in handles:
-            h.remove()
-    audio_seconds = x.shape[0] * x.shape[1] / SAMPLE_RATE
-    by_module: dict[str, float] = {}
-    by_op: dict[str, float] = {}
-    root = type(model).__name__
-    for key, ops in counter.get_flop_counts().items():
-        parts = key.split(".")
-        if key == "Global":
-            for op, flops in ops.items():
-                by_op[str(op)] = by_op.get(str(op), 0.0) + flops / 2 / audio_seconds
-        elif len(parts) == 2 and parts[0] == root:
-            by_module[parts[1]] = sum(ops.values()) / 2 / audio_seconds
-    total = counter.get_total_flops() / 2 / audio_seconds
-    lstm_total = 0.0
-    if not count_lstm:
-        modules = dict(model.named_modules())
-        for name, steps in lstm_steps.items():
-            macs = lstm_macs(modules[name], steps) / audio_seconds
-            lstm_total += macs
-            top = name.split(".")[0] + " (LSTM, analytic)"
-            by_module[top] = by_module.get(top, 0.0) + macs
-        if lstm_total:
-            by_op["lstm (analytic)"] = lstm_total
-        total += lstm_total
-    return {
-        "macs_per_audio_second": total,
-        "by_module": by_module,
-        "by_op": by_op,
-        "lstm_macs_analytic": lstm_total,
-        "counted_on": f"batch 1, {x.shape[1] / SAMPLE_RATE:g} s input, CPU fp32",
-    }
+    """Run `model` once on `x` (B=1) and count its MACs per audio second
+    (`model_training.macs.count_macs`: total, by top-level submodule and by op, LSTM method)."""
+    return macs.count_macs(model, x, spec.call, sample_rate=SAMPLE_RATE, count_lstm=count_lstm)
 
 
 # --- memory probe (CPU: one fresh subprocess per model and batch) --------------------------
@@ -413,7 +388,14 @@ def run_device(
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--models", default=",".join(MODELS), help="comma-separated subset")
+    p.add_argument(
+        "--models",
+        default=",".join(DEFAULT_MODELS),
+        help="comma-separated (default: DEFAULT_MODELS); `all` = every model and precision",
+    )
+    p.add_argument(
+        "--note", default="", help="free text stored in the JSON, e.g. what else loads the machine"
+    )
     p.add_argument("--batch-sizes", default=None, help="comma-separated (default 1,16)")
     p.add_argument("--seconds", type=float, default=10.0, help="input length (default 10)")
     p.add_argument("--repeats", type=int, default=5, help="timed repeats at most (default 5)")
@@ -449,6 +431,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.seconds, args.repeats, args.min_repeats = 1.0, 1, 1
         args.batch_sizes = args.batch_sizes or "1,2"
         args.min_sample_s, args.budget_s = 0.0, 60.0
+    if args.models == "all":
+        args.models = ",".join(MODELS)
     args.models = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = [m for m in args.models if m not in MODELS]
     if unknown:
@@ -482,13 +466,19 @@ def main(argv: list[str] | None = None) -> int:
     count_lstm = flop_counter_counts_lstm()
     models_info: dict[str, dict[str, Any]] = {}
     built: dict[str, nn.Module] = {}
+    load_at_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     for name in args.models:
         spec = MODELS[name]
-        built[name] = spec.build()
+        # autocast rows run the fp32 model itself: build it once
+        shared = spec.precision in ("bf16", "fp16") and spec.base in built
+        built[name] = built[spec.base] if shared else spec.build()
         models_info[name] = {
             "description": spec.description,
+            "base": spec.base,
+            "precision": spec.precision,
             "parameters": sum(p.numel() for p in built[name].parameters()),
             "cpu_only": spec.cpu_only,
+            "cuda_only": spec.cuda_only,
         }
     # MACs, counted by running each model once at batch 1 on the benchmark's input length
     count_input = torch.randn(1, int(args.seconds * SAMPLE_RATE)) * 0.1
@@ -505,14 +495,18 @@ def main(argv: list[str] | None = None) -> int:
             )
         # the int8 model's parameters live in packed params; report the fp32 count it came from
         if models_info[name]["parameters"] == 0 or source != name:
-            models_info[name]["parameters"] = sum(
-                p.numel() for p in MODELS[source].build().parameters()
-            )
+            fp32 = built[source] if source in built else MODELS[source].build()
+            models_info[name]["parameters"] = sum(p.numel() for p in fp32.parameters())
 
     results: list[dict[str, Any]] = []
     peaks: dict[str, dict[str, Any]] = {}
     for device in args.devices:
-        names = [n for n in args.models if not (device != "cpu" and MODELS[n].cpu_only)]
+        names = [
+            n
+            for n in args.models
+            if not (device != "cpu" and MODELS[n].cpu_only)
+            and not (device != "cuda" and MODELS[n].cuda_only)
+        ]
         peaks[device] = matmul_peak_gflops(device)
         log.info("%s fp32 matmul: %.1f GFLOP/s (best)", device, peaks[device]["gflops_best"])
         items, memory = run_device(device, names, built, args, deadline)
@@ -531,6 +525,8 @@ def main(argv: list[str] | None = None) -> int:
             results.append(
                 {
                     "model": item.model,
+                    "base": MODELS[item.model].base,
+                    "precision": MODELS[item.model].precision,
                     "device": device,
                     "batch": item.batch,
                     "input_seconds": args.seconds,
@@ -557,6 +553,8 @@ def main(argv: list[str] | None = None) -> int:
             "threads": args.threads,
             "devices": args.devices,
             "quick": args.quick,
+            "note": args.note,
+            "load_average_1m_at_start": load_at_start,
             "grad_mode": "torch.inference_mode",
             "interleaving": "every repeat times every (model, batch) once, order rotated",
         },
@@ -597,19 +595,26 @@ def markdown(
         lines.append(f"| {name} | {info['parameters'] / 1e6:.2f} M | {macs:.2f} |")
     lines += [
         "",
-        "| device | model | batch | audio s per s | vs DistilHuBERT | vs HuBERT Base "
-        "| % of matmul peak | peak memory (MiB) |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| device | model | precision | batch | audio s per s | vs DistilHuBERT fp32 "
+        "| vs HuBERT Base fp32 | vs DistilHuBERT best | vs HuBERT Base best "
+        "| % of fp32 matmul peak | peak memory (MiB) |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     index = {(r["model"], r["device"], r["batch"]): r for r in ratios}
     for r in results:
         ratio = index[(r["model"], r["device"], r["batch"])]
         mem = (r["memory"] or {}).get("peak_memory_mb")
         lines.append(
-            f"| {r['device']} | {r['model']} | {r['batch']} | {r['audio_s_per_wall_s']:.1f} | "
+            f"| {r['device']} | {r['model']} | {r.get('precision', 'fp32')} | {r['batch']} "
+            f"| {r['audio_s_per_wall_s']:.1f} | "
             + " | ".join(
                 f"{ratio[k]:.2f}" if k in ratio else "-"
                 for k in ("vs_distilhubert", "vs_hubert_base")
+            )
+            + " | "
+            + " | ".join(
+                f"{ratio[k]:.2f} ({ratio[k + '_precision']})" if k in ratio else "-"
+                for k in ("vs_distilhubert_best", "vs_hubert_base_best")
             )
             + f" | {100 * r['fraction_of_matmul_peak']:.0f}% | "
             + (f"{mem:.0f}" if mem is not None else "-")
@@ -627,25 +632,44 @@ def markdown(
 def compute_ratios(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Throughput of each model over DistilHuBERT's and HuBERT Base's, same device and batch.
 
-    `x_vs_ref` divides medians; `paired_range` gives the min and max of the same ratio taken
-    repeat by repeat (each repeat times both models close together), a measure of its noise.
+    `vs_REF` divides medians by the fp32 reference's; `vs_REF_best` by the reference at its
+    fastest precision in this run (named in `vs_REF_best_precision`); `..._paired_range` gives
+    the min and max of the same ratio taken repeat by repeat (each repeat times both models
+    close together), a measure of its noise.
     """
     index = {(r["model"], r["device"], r["batch"]): r for r in results}
     out = []
     for r in results:
-        row: dict[str, Any] = {"model": r["model"], "device": r["device"], "batch": r["batch"]}
+        row: dict[str, Any] = {
+            "model": r["model"],
+            "precision": r.get("precision", "fp32"),
+            "device": r["device"],
+            "batch": r["batch"],
+        }
         for ref in (REFERENCE, "hubert_base"):
-            other = index.get((ref, r["device"], r["batch"]))
-            if other is None:
-                continue
-            row[f"vs_{ref}"] = r["audio_s_per_wall_s"] / other["audio_s_per_wall_s"]
-            paired = [
-                t_ref / t
-                for t, t_ref in zip(r["samples_s"], other["samples_s"], strict=False)
-                if t > 0
+            same = [
+                o
+                for o in results
+                if o.get("base", o["model"]) == ref
+                and (o["device"], o["batch"]) == (r["device"], r["batch"])
             ]
-            if paired:
-                row[f"vs_{ref}_paired_range"] = [min(paired), max(paired)]
+            refs = {"": index.get((ref, r["device"], r["batch"]))}
+            if same:
+                refs["_best"] = max(same, key=lambda o: o["audio_s_per_wall_s"])
+            for suffix, other in refs.items():
+                if other is None:
+                    continue
+                key = f"vs_{ref}{suffix}"
+                row[key] = r["audio_s_per_wall_s"] / other["audio_s_per_wall_s"]
+                if suffix:
+                    row[f"{key}_precision"] = other.get("precision", "fp32")
+                paired = [
+                    t_ref / t
+                    for t, t_ref in zip(r["samples_s"], other["samples_s"], strict=False)
+                    if t > 0
+                ]
+                if paired:
+                    row[f"{key}_paired_range"] = [min(paired), max(paired)]
         out.append(row)
     return out
 
@@ -654,16 +678,19 @@ def print_table(results: list[dict[str, Any]], ratios: list[dict[str, Any]]) -> 
     """A console summary of the run."""
     ratio_index = {(r["model"], r["device"], r["batch"]): r for r in ratios}
     print(
-        f"{'device':6} {'model':20} {'batch':>5} {'audio s/s':>10} {'vs distil':>9} "
-        f"{'vs base':>8} {'GMAC/s':>7} {'%peak':>6} {'mem MB':>8}"
+        f"{'device':6} {'model':26} {'batch':>5} {'audio s/s':>10} {'vs distil':>9} "
+        f"{'vs base':>8} {'vs distil best':>14} {'vs base best':>12} {'GMAC/s':>7} {'%peak':>6} "
+        f"{'mem MB':>8}"
     )
     for r in results:
         ratio = ratio_index[(r["model"], r["device"], r["batch"])]
         mem = (r["memory"] or {}).get("peak_memory_mb")
         print(
-            f"{r['device']:6} {r['model']:20} {r['batch']:>5} {r['audio_s_per_wall_s']:>10.2f} "
+            f"{r['device']:6} {r['model']:26} {r['batch']:>5} {r['audio_s_per_wall_s']:>10.2f} "
             f"{ratio.get('vs_distilhubert', float('nan')):>9.2f} "
             f"{ratio.get('vs_hubert_base', float('nan')):>8.2f} "
+            f"{ratio.get('vs_distilhubert_best', float('nan')):>14.2f} "
+            f"{ratio.get('vs_hubert_base_best', float('nan')):>12.2f} "
             f"{r['achieved_gflops'] / 2:>7.1f} {100 * r['fraction_of_matmul_peak']:>5.0f}% "
             f"{(f'{mem:.0f}' if mem is not None else '-'):>8}"
         )

@@ -361,19 +361,27 @@ def run_level(
 # --- main -----------------------------------------------------------------------------------
 
 
-def build_demo_sized_bundle(out_dir: Path) -> Path:
-    """A random-init bundle with the demo model's shapes: lstm_student_small + the demo CTC
-    head (configs/ctc/demo.yaml: projection 256, 2 BiLSTM x 256). Same compute as the real one.
+RANDOM_BUNDLE_STUDENTS = {
+    "demo": "lstm_student_small",
+    "paper": "lstm_student_paper",
+    "paper_fast": "lstm_student_paper_fast",
+}
+
+
+def build_sized_bundle(out_dir: Path, shape: str = "demo") -> Path:
+    """A random-init bundle with a real model's shapes: the student of `shape` (demo, paper,
+    paper_fast) + the demo CTC head (configs/ctc/demo.yaml: projection 256, 2 BiLSTM x 256).
+    Same compute as a trained one.
     """
     import torch
 
     from model_training.bundle import save_bundle
+    from model_training.models import student as students
     from model_training.models.ctc import CTCHead, CTCHeadConfig
-    from model_training.models.student import lstm_student_small
     from model_training.text import CharVocab
 
     torch.manual_seed(0)
-    student = lstm_student_small(num_classes=0)
+    student = getattr(students, RANDOM_BUNDLE_STUDENTS[shape])(num_classes=0)
     vocab = CharVocab()
     head = CTCHead(
         CTCHeadConfig(
@@ -382,23 +390,26 @@ def build_demo_sized_bundle(out_dir: Path) -> Path:
         )
     )  # fmt: skip
     return save_bundle(
-        out_dir, student, head, vocab, name="demo-sized-random",
-        provenance={"note": "random init, demo model shapes, for benchmarks only"},
+        out_dir, student, head, vocab, name=f"{shape}-sized-random",
+        provenance={"note": f"random init, {shape} model shapes, for benchmarks only"},
     )  # fmt: skip
 
 
-def resolve_bundle(model_dir: Path | None, random_bundle: str, tmp: Path) -> tuple[Path, str]:
-    """The bundle to serve and where it came from."""
+def resolve_bundle(
+    model_dir: Path | None, random_bundle: str | None, tmp: Path
+) -> tuple[Path, str]:
+    """The bundle to serve and where it came from: --model-dir, else --random-bundle, else
+    models/default, else a tiny random one."""
     if model_dir is not None:
         if not (model_dir / "config.json").is_file():
             raise SystemExit(f"--model-dir {model_dir} holds no bundle (config.json missing)")
         return model_dir, "given"
-    if (DEFAULT_MODEL_DIR / "config.json").is_file():
+    if random_bundle in RANDOM_BUNDLE_STUDENTS:
+        path = build_sized_bundle(tmp / f"{random_bundle}-sized-bundle", random_bundle)
+        return path, f"random-init bundle, {random_bundle} model shapes (--random-bundle)"
+    if (DEFAULT_MODEL_DIR / "config.json").is_file() and random_bundle is None:
         return DEFAULT_MODEL_DIR, "models/default"
-    log.warning("models/default holds no bundle; serving a random-init %s bundle", random_bundle)
-    if random_bundle == "demo":
-        path = build_demo_sized_bundle(tmp / "demo-sized-bundle")
-        return path, "random-init bundle with the demo model's shapes (--random-bundle demo)"
+    log.warning("serving a random-init tiny bundle")
     from model_training.testing import build_tiny_bundle
 
     path = build_tiny_bundle(tmp / "tiny-bundle")
@@ -410,10 +421,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model-dir", type=Path, default=None, help="bundle (default models/default)")
     p.add_argument(
         "--random-bundle",
-        choices=["tiny", "demo"],
-        default="tiny",
-        help="without --model-dir and models/default: a random tiny bundle, or one with the "
-        "demo model's shapes (its speed is the demo model's)",
+        choices=["tiny", *RANDOM_BUNDLE_STUDENTS],
+        default=None,
+        help="serve a random-init bundle of this shape instead of models/default (tiny, or "
+        "the demo / paper / paper_fast student + the demo CTC head: their real speed)",
     )
     p.add_argument("--levels", default="1,4,16,32,64", help="concurrency levels")
     p.add_argument("--window-s", type=float, default=8.0, help="measured seconds per level")

@@ -28,6 +28,8 @@ def tiny_ctc_head(layer_dims: list[int], vocab_size: int = 29, causal: bool = Fa
 
 #: Student overrides that make it causal: unidirectional LSTMs, per-frame (layer) CNN norm.
 CAUSAL_STUDENT = {"bidirectional": False, "conv_norm": "layer"}
+# A tiny log-mel front-end (`models/frontend.py`) for tests of the light student.
+TINY_LOGMEL = {"n_mels": 16, "conv_layers": [[8, 3, 1], [8, 3, 2]]}
 
 
 def build_tiny_bundle(
@@ -38,15 +40,20 @@ def build_tiny_bundle(
     causal: bool = False,
     name: str = "tiny-test",
     varied: bool = False,
+    frontend: str = "cnn",
 ) -> Path:
     """Write a random-init tiny student (+ CTC head) bundle; returns its directory.
 
     `causal=True` gives a streamable bundle (see `model_training/streaming.py`).
     `varied=True` makes the random head's transcripts change from frame to frame (see
     `vary_transcripts`), for tests that compare transcripts.
+    frontend: "cnn" (HuBERT-shaped) or "logmel" (the light front-end, `TINY_LOGMEL`).
     """
     torch.manual_seed(seed)
-    student = lstm_student_tiny(**(CAUSAL_STUDENT if causal else {}))
+    overrides = dict(CAUSAL_STUDENT) if causal else {}
+    if frontend == "logmel":
+        overrides.update(frontend="logmel", logmel=dict(TINY_LOGMEL))
+    student = lstm_student_tiny(**overrides)
     vocab = CharVocab() if with_ctc else None
     head = tiny_ctc_head(student.hidden_dims, len(vocab), causal) if vocab is not None else None
     if varied and head is not None:

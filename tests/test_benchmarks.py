@@ -20,6 +20,8 @@ sys.path.insert(0, str(BENCH_DIR))
 import model_speed  # noqa: E402
 import service_load  # noqa: E402
 
+from model_training.macs import lstm_macs  # noqa: E402
+
 
 def run_script(name: str, *args: str, timeout: int = 240) -> None:
     proc = subprocess.run(
@@ -46,7 +48,7 @@ def test_lstm_macs_match_the_gate_matmuls() -> None:
     lstm = nn.LSTM(8, 4, num_layers=2, bidirectional=True)
     # layer 0: 4 gates x H x (D_in + H) x 2 directions; layer 1 reads 2H
     per_step = 4 * 4 * (8 + 4) * 2 + 4 * 4 * (8 + 4) * 2
-    assert model_speed.lstm_macs(lstm, steps=10) == per_step * 10
+    assert lstm_macs(lstm, steps=10) == per_step * 10
 
 
 def test_count_macs_counts_conv_and_lstm_of_a_student() -> None:
@@ -86,6 +88,48 @@ def test_ratios_pair_models_on_the_same_device_and_batch() -> None:
     assert paper["vs_hubert_base"] == pytest.approx(6.0)
     assert paper["vs_distilhubert_paired_range"] == pytest.approx([0.5, 2.0])
     assert "vs_distilhubert" not in ratios[("student_paper", 16)]  # no reference at batch 16
+
+
+def test_ratios_against_the_reference_at_its_best_precision() -> None:
+    def row(model: str, base: str, precision: str, seconds: float) -> dict:
+        return {"model": model, "base": base, "precision": precision, "device": "cpu",
+                "batch": 16, "samples_s": [seconds],
+                "audio_s_per_wall_s": 160 / seconds}  # fmt: skip
+
+    results = [
+        row("distilhubert", "distilhubert", "fp32", 8.0),
+        row("distilhubert_bf16", "distilhubert", "bf16", 4.0),
+        row("distilhubert_int8", "distilhubert", "int8", 6.0),
+        row("student_paper_fast", "student_paper_fast", "fp32", 2.0),
+        row("student_paper_fast_bf16", "student_paper_fast", "bf16", 1.0),
+    ]
+    ratios = {r["model"]: r for r in model_speed.compute_ratios(results)}
+    fast = ratios["student_paper_fast"]
+    assert fast["vs_distilhubert"] == pytest.approx(4.0)  # fp32 vs fp32
+    assert fast["vs_distilhubert_best"] == pytest.approx(2.0)  # vs bf16, the fastest
+    assert fast["vs_distilhubert_best_precision"] == "bf16"
+    assert ratios["student_paper_fast_bf16"]["vs_distilhubert_best"] == pytest.approx(4.0)
+    assert ratios["student_paper_fast_bf16"]["precision"] == "bf16"
+
+
+def test_precision_rows_share_the_base_model_and_its_macs() -> None:
+    specs = model_speed.MODELS
+    for base in model_speed.BASE_MODELS:
+        assert specs[f"{base}_bf16"].build is specs[base].build
+        assert specs[f"{base}_int8"].macs_from == base and specs[f"{base}_int8"].cpu_only
+        assert specs[f"{base}_fp16"].cuda_only
+    assert set(model_speed.DEFAULT_MODELS) <= set(specs)
+    # the autocast call really runs the model under bf16 autocast
+    seen = []
+    spec = specs["student_demo_bf16"]
+
+    class Probe(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            seen.append(torch.is_autocast_enabled("cpu"))
+            return x
+
+    spec.call(Probe(), torch.zeros(1, 4))
+    assert seen == [True]
 
 
 def test_synth_audio_lengths_span_the_range() -> None:
@@ -159,19 +203,22 @@ def test_cpu_memory_probe_sees_torch_allocations() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1500)  # every model at every CPU precision, a memory probe process each
 def test_model_speed_quick_all_models_with_memory(tmp_path: Path) -> None:
     out = tmp_path / "speed.json"
     run_script(
         "model_speed.py", "--quick", "--devices", "cpu", "--memory", "subprocess",
-        "--out", str(out), timeout=600,
+        "--models", "all", "--out", str(out), timeout=1500,
     )  # fmt: skip
     doc = json.loads(out.read_text())
-    assert {r["model"] for r in doc["results"]} == set(model_speed.MODELS)
+    cpu_models = {n for n, spec in model_speed.MODELS.items() if not spec.cuda_only}
+    assert {r["model"] for r in doc["results"]} == cpu_models
     for r in doc["results"]:
         assert r["memory"]["peak_memory_mb"] > 0, r
     macs = {name: m["macs"]["macs_per_audio_second"] for name, m in doc["models"].items()}
     # same CNN; HuBERT Base has 10 more Transformer layers than DistilHuBERT
     assert macs["hubert_base"] > macs["distilhubert"] > macs["student_demo"]
+    assert macs["student_paper_fast"] < 0.25 * macs["student_paper"]
     assert macs["student_paper_int8"] == macs["student_paper"]
     pairs = {(r["model"], r["batch"]): r for r in doc["ratios"]}
     assert pairs[("hubert_base", 1)]["vs_hubert_base"] == pytest.approx(1.0)
@@ -274,3 +321,50 @@ def test_streaming_load_quick(tmp_path: Path) -> None:
     assert [r["streams"] for r in doc["model_only"]] == [1, 2]
     assert all(r["stacked_ms_per_100ms"] > 0 for r in doc["model_only"])
     assert out.with_suffix(".png").exists()
+
+
+def test_distill_throughput_quick(tmp_path: Path) -> None:
+    out = tmp_path / "dt.json"
+    run_script("distill_throughput.py", "--quick", "--threads", "1", "--out", str(out), timeout=600)
+    doc = json.loads(out.read_text())
+    check_header(doc, "distill_throughput")
+    result = doc["results"]["lstm_small"]
+    for mode in ("cached", "on_the_fly"):
+        assert result["modes"][mode]["steps_per_s"] > 0
+        assert result["modes"][mode]["samples"] == 2  # 3 steps, the first dropped
+    ratio = result["modes"]["cached"]["steps_per_s"] / result["modes"]["on_the_fly"]["steps_per_s"]
+    assert result["speedup_cached_over_on_the_fly"] == pytest.approx(ratio)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the behaviour without a GPU")
+def test_gpu_check_without_a_gpu_runs_nothing(tmp_path: Path) -> None:
+    script = BENCH_DIR.parent / "scripts" / "gpu_check.sh"
+    out = tmp_path / "gpu"
+    env = {"PATH": "/usr/bin:/bin", "PY": sys.executable, "OUT": str(out)}
+    proc = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "no CUDA GPU" in proc.stderr
+    assert not out.exists()  # no results, so no GPU numbers without a GPU
+
+
+def test_precision_cer_on_a_tiny_bundle(tmp_path: Path) -> None:
+    from model_training.testing import build_tiny_bundle
+    from model_training.training.fixtures import write_tone_corpus
+
+    bundle = build_tiny_bundle(tmp_path / "bundle")
+    manifest = write_tone_corpus(tmp_path / "corpus", 2, 0.5, 0.8)
+    rows = manifest.read_text().splitlines()
+    manifest.write_text("\n".join([rows[0]] + [r.replace("\t\t", "\tHELLO\t") for r in rows[1:]]))
+    out = tmp_path / "pc.json"
+    run_script(
+        "precision_cer.py", "--model", str(bundle), "--manifest", str(manifest),
+        "--rounds", "1", "--threads", "1", "--out", str(out),
+    )  # fmt: skip
+    doc = json.loads(out.read_text())
+    check_header(doc, "precision_cer")
+    assert set(doc["results"]) == {"fp32", "bf16", "int8"}
+    assert doc["settings"]["utterances"] == 2
+    fp32 = doc["results"]["fp32"]
+    assert fp32["cer_change_points"] == 0 and fp32["speedup_vs_fp32"] == 1
+    for r in doc["results"].values():
+        assert r["cer"] >= 0 and r["rtf"] > 0

@@ -14,8 +14,8 @@ from model_training.models.student import lstm_student_paper
 runner = CliRunner()
 
 
-def _info(config: str) -> dict:
-    result = runner.invoke(app, ["model-info", "--config", config])
+def _info(config: str, *flags: str) -> dict:
+    result = runner.invoke(app, ["model-info", "--config", config, "--no-macs", *flags])
     assert result.exit_code == 0, result.output
     return json.loads(result.output)
 
@@ -30,6 +30,18 @@ def test_paper_student_between_15m_and_20m():
     assert [layer["name"] for layer in info["layers"]] == model.layer_names
     assert info["layers"][-1]["dim"] == 768  # BiLSTM 2 x 384
     assert info["frame_rate"] == 50.0
+
+
+def test_paper_fast_student_counts_params_and_gmacs():
+    fast, paper = _info("paper-fast", "--macs"), _info("paper", "--macs")
+    assert fast["architecture"]["frontend"] == "logmel"
+    assert paper["architecture"]["frontend"] == "cnn"
+    # the same 4 BiLSTM x 384; the HuBERT CNN's 4.2M parameters and 2.45 GMAC/s are gone
+    assert paper["params"] - fast["params"] > 3.5e6
+    assert [layer["dim"] for layer in fast["layers"]] == [layer["dim"] for layer in paper["layers"]]
+    assert 2.9 < paper["gmac_per_audio_second"] < 3.3
+    assert fast["gmac_per_audio_second"] < 0.25 * paper["gmac_per_audio_second"]
+    assert "gmac_per_audio_second" not in _info("paper")  # --no-macs
 
 
 def test_small_student_is_smaller():

@@ -1,6 +1,7 @@
 """`hubert-lstm model-info`: parameter counts and layer layout of the named model configs.
 
-`paper` and `small` are the LSTM students from their factories; `distilhubert` and
+`paper` and `small` are the LSTM students from their factories, `paper-fast` and `small-fast`
+the same LSTMs on the light log-mel front-end (`models/frontend.py`); `distilhubert` and
 `hubert-base` are references built from transformers `HubertConfig`s with random weights.
 
 Counting rule (`params`): every parameter the model uses in its role, excluding heads used in
@@ -12,6 +13,11 @@ published 94.7M counts it). Training-only heads are reported under `training_hea
 
 Models are built on PyTorch's meta device: the same modules and parameter shapes as a random
 initialisation, without allocating or initialising weights (hubert-base in ~0.2 s, not ~4 s).
+
+Compute (`gmac_per_audio_second`, unless `--no-macs`): multiply-accumulates of the model as
+served (students without their training head, the references without heads) counted by running
+it once on one second of audio on the CPU (`model_training/macs.py`; a few seconds for
+hubert-base, whose weights must then be allocated).
 """
 
 from __future__ import annotations
@@ -22,12 +28,20 @@ from typing import Any
 
 import typer
 
-CONFIGS = ("paper", "small", "distilhubert", "hubert-base")
+CONFIGS = ("paper", "paper-fast", "small", "small-fast", "distilhubert", "hubert-base")
+STUDENTS = {
+    "paper": "lstm_student_paper",
+    "paper-fast": "lstm_student_paper_fast",
+    "small": "lstm_student_small",
+    "small-fast": "lstm_student_small_fast",
+}
 
 
 class ModelConfigName(StrEnum):
     paper = "paper"
+    paper_fast = "paper-fast"
     small = "small"
+    small_fast = "small-fast"
     distilhubert = "distilhubert"
     hubert_base = "hubert-base"
 
@@ -36,11 +50,14 @@ def _count(module: Any) -> int:
     return sum(p.numel() for p in module.parameters()) if module is not None else 0
 
 
-def _student_info(name: str, num_classes: int) -> dict[str, Any]:
-    from model_training.models.student import lstm_student_paper, lstm_student_small
+def _student_factory(name: str) -> Any:
+    from model_training.models import student
 
-    factory = lstm_student_paper if name == "paper" else lstm_student_small
-    model = factory(num_classes=num_classes)
+    return getattr(student, STUDENTS[name])
+
+
+def _student_info(name: str, num_classes: int) -> dict[str, Any]:
+    model = _student_factory(name)(num_classes=num_classes)
     cfg = model.config
     head = _count(model.head)
     components = [
@@ -57,9 +74,14 @@ def _student_info(name: str, num_classes: int) -> dict[str, Any]:
         "training_heads": {"cluster_head": head},
         "architecture": {
             "type": "lstm_student",
+            "frontend": cfg.frontend,
             "bidirectional": cfg.bidirectional,
             "num_classes": cfg.num_classes,
-            "conv_layers": [list(s) for s in cfg.conv_layers],
+            **(
+                {"logmel": cfg.logmel}
+                if cfg.frontend == "logmel"
+                else {"conv_layers": [list(s) for s in cfg.conv_layers]}
+            ),
         },
         "components": components,
         "layers": _layers(model.layer_names, model.hidden_dims),
@@ -140,8 +162,24 @@ def _layers(names: list[str], dims: list[int]) -> list[dict[str, Any]]:
     ]
 
 
-def model_info(config: str, num_classes: int = 500) -> dict[str, Any]:
-    """Parameter counts and hidden-state layout of a named config (see module docstring)."""
+def _served_model(config: str) -> Any:
+    """The model as served, with random weights on the CPU, for counting MACs."""
+    if config in STUDENTS:
+        return _student_factory(config)(num_classes=0)
+    from transformers import HubertModel
+
+    from model_training.models.teacher import hubert_base_config
+
+    if config == "hubert-base":
+        return HubertModel(hubert_base_config(mask_time_prob=0.0))
+    return HubertModel(
+        hubert_base_config(num_hidden_layers=2, feat_proj_layer_norm=False, mask_time_prob=0.0)
+    )
+
+
+def model_info(config: str, num_classes: int = 500, macs: bool = True) -> dict[str, Any]:
+    """Parameter counts, hidden-state layout and (macs=True) GMAC per audio second of a named
+    config (see module docstring)."""
     if config not in CONFIGS:
         raise ValueError(f"config must be one of {CONFIGS}; found {config!r}")
     if num_classes < 1:
@@ -149,10 +187,15 @@ def model_info(config: str, num_classes: int = 500) -> dict[str, Any]:
     import torch
 
     with torch.device("meta"):
-        if config in ("paper", "small"):
+        if config in STUDENTS:
             info = _student_info(config, num_classes)
         else:
             info = _hubert_reference_info(config, num_classes)
+    if macs:
+        from model_training.macs import gmac_per_audio_second
+
+        info["gmac_per_audio_second"] = round(gmac_per_audio_second(_served_model(config)), 4)
+        info["macs_counted"] = "as served (no training heads), 1 s input, CPU fp32"
     return {
         "config": config,
         "params": info["params"],
@@ -177,6 +220,9 @@ def register(app: typer.Typer) -> None:
         num_classes: int = typer.Option(
             500, "--num-classes", help="Cluster units C for the students' and teacher's heads."
         ),
+        macs: bool = typer.Option(
+            True, "--macs/--no-macs", help="Count GMAC per audio second (runs the model once)."
+        ),
     ) -> None:
-        """Print parameter counts and the layer layout of a model config as JSON."""
-        typer.echo(json.dumps(model_info(config.value, num_classes), indent=2))
+        """Print parameter counts, the layer layout and GMAC per audio second as JSON."""
+        typer.echo(json.dumps(model_info(config.value, num_classes, macs), indent=2))

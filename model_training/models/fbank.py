@@ -79,6 +79,46 @@ class FbankConfig:
         return cls(**d)
 
 
+class LogMel(nn.Module):
+    """Log-mel energies of Hann-windowed frames: (B, S) -> (B, N, n_mels), N = (S - win) // hop + 1.
+
+    Frame n covers samples [n * hop, n * hop + win_length). Runs in float32 even under
+    autocast: power spectra span too many octaves for bf16/fp16 matmuls, and this is a small
+    share of any model's compute. No parameters (the window and filters follow from the
+    arguments, so they are not saved).
+    """
+
+    def __init__(
+        self,
+        n_mels: int,
+        win_length: int,
+        hop_length: int,
+        n_fft: int,
+        f_min: float,
+        f_max: float | None,
+        sample_rate: int,
+    ) -> None:
+        super().__init__()
+        self.win_length, self.hop_length, self.n_fft = win_length, hop_length, n_fft
+        self.register_buffer("window", torch.hann_window(win_length), persistent=False)
+        with torch.device("cpu"):  # torchaudio checks the filters' values (not on meta)
+            mel = AF.melscale_fbanks(
+                n_fft // 2 + 1,
+                f_min,
+                f_max if f_max is not None else sample_rate / 2,
+                n_mels,
+                sample_rate,
+            )
+        self.register_buffer("mel", mel, persistent=False)  # (n_fft // 2 + 1, n_mels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: (B, S) float samples (S >= win_length). Returns (B, N, n_mels) float32."""
+        with torch.autocast(x.device.type, enabled=False):
+            windows = x.float().unfold(-1, self.win_length, self.hop_length) * self.window
+            power = torch.fft.rfft(windows, n=self.n_fft).abs().pow(2)  # (B, N, n_fft // 2 + 1)
+            return torch.log(torch.matmul(power, self.mel).clamp(min=_LOG_FLOOR))
+
+
 class FbankUpstream(nn.Module):
     """Log-mel features as a one-layer upstream.
 
@@ -91,16 +131,9 @@ class FbankUpstream(nn.Module):
         super().__init__()
         self.config = config or FbankConfig()
         c = self.config
-        # Derived from the config, so not saved (persistent=False keeps state_dict empty).
-        self.register_buffer("window", torch.hann_window(c.win_length), persistent=False)
-        mel = AF.melscale_fbanks(
-            c.n_fft // 2 + 1,
-            c.f_min,
-            c.f_max if c.f_max is not None else c.sample_rate / 2,
-            c.n_mels,
-            c.sample_rate,
+        self.log_mel = LogMel(
+            c.n_mels, c.win_length, c.hop_length, c.n_fft, c.f_min, c.f_max, c.sample_rate
         )
-        self.register_buffer("mel", mel, persistent=False)  # (n_fft // 2 + 1, n_mels)
 
     @property
     def sample_rate(self) -> int:
@@ -144,9 +177,7 @@ class FbankUpstream(nn.Module):
         x = waveforms.float() * length_mask(lengths, samples).to(waveforms.dtype)
         needed = (t_max * c.stack - 1) * c.hop_length + c.win_length
         x = nn.functional.pad(x, (0, max(0, needed - samples)))[:, :needed]
-        windows = x.unfold(-1, c.win_length, c.hop_length) * self.window  # (B, N, win)
-        power = torch.fft.rfft(windows, n=c.n_fft).abs().pow(2)  # (B, N, n_fft // 2 + 1)
-        logmel = torch.log(torch.matmul(power, self.mel).clamp(min=_LOG_FLOOR))  # (B, N, n_mels)
+        logmel = self.log_mel(x)  # (B, N, n_mels)
         feats = logmel[:, : t_max * c.stack].reshape(batch, t_max, c.stack * c.n_mels)
         mask = length_mask(frames, t_max).unsqueeze(-1).to(feats.dtype)  # (B, T, 1)
         if c.cmvn:

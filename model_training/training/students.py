@@ -34,6 +34,8 @@ STUDENT_FACTORIES: dict[str, tuple[str, str]] = {
     "lstm_paper": ("lstm_student", "model_training.models.student:lstm_student_paper"),
     "lstm_small": ("lstm_student", "model_training.models.student:lstm_student_small"),
     "lstm_tiny": ("lstm_student", "model_training.models.student:lstm_student_tiny"),
+    "lstm_paper_fast": ("lstm_student", "model_training.models.student:lstm_student_paper_fast"),
+    "lstm_small_fast": ("lstm_student", "model_training.models.student:lstm_student_small_fast"),
     "distilhubert_paper": ("distilhubert", "model_training.models.distilhubert:distilhubert_paper"),
     "distilhubert_small": ("distilhubert", "model_training.models.distilhubert:distilhubert_small"),
     "distilhubert_tiny": ("distilhubert", "model_training.models.distilhubert:distilhubert_tiny"),
