@@ -113,8 +113,9 @@ def test_config_validation_and_round_trip() -> None:
         lstm_student_tiny()(torch.zeros(1, 399))
 
 
-def test_init_cnn_from_hf_hubert_copies_front_end(rng: torch.Generator) -> None:
-    hf = HubertModel(
+def _tiny_group_norm_hubert() -> HubertModel:
+    """A transformers HuBERT with the tiny student's conv layout and a group-norm CNN."""
+    return HubertModel(
         HubertConfig(
             hidden_size=16,
             num_hidden_layers=1,
@@ -125,7 +126,11 @@ def test_init_cnn_from_hf_hubert_copies_front_end(rng: torch.Generator) -> None:
             conv_stride=[s for _, _, s in TINY_CONV_LAYERS],
             feat_extract_norm="group",
         )
-    ).eval()
+    )
+
+
+def test_init_cnn_from_hf_hubert_copies_front_end(rng: torch.Generator) -> None:
+    hf = _tiny_group_norm_hubert().eval()
     student: LSTMStudent = lstm_student_tiny().eval()
     student.init_cnn_from(hf)
     wave = torch.randn(1, 5000, generator=rng)
@@ -139,18 +144,7 @@ def test_init_cnn_from_hf_hubert_copies_front_end(rng: torch.Generator) -> None:
 
 
 def test_layer_norm_student_takes_only_the_convolutions_of_a_group_norm_teacher() -> None:
-    hf = HubertModel(
-        HubertConfig(
-            hidden_size=16,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            intermediate_size=32,
-            conv_dim=[c for c, _, _ in TINY_CONV_LAYERS],
-            conv_kernel=[k for _, k, _ in TINY_CONV_LAYERS],
-            conv_stride=[s for _, _, s in TINY_CONV_LAYERS],
-            feat_extract_norm="group",
-        )
-    )
+    hf = _tiny_group_norm_hubert()
     causal = lstm_student_tiny(conv_norm="layer", bidirectional=False)
     norms_before = {k: v.clone() for k, v in causal.state_dict().items() if "layer_norm" in k}
     causal.init_cnn_from(hf)
