@@ -28,19 +28,31 @@ _ADMISSION_HEADERS = (b"authorization", b"content-type", b"content-length")
 _MULTIPART = b"multipart/form-data"
 
 
+def _request_id(scope: Scope) -> str:
+    """The client's `X-Request-ID` when it is a sane token, else a new one."""
+    incoming = dict(scope.get("headers") or []).get(b"x-request-id", b"").decode("latin-1")
+    return incoming if _VALID_REQUEST_ID.match(incoming) else uuid.uuid4().hex
+
+
 class RequestContextMiddleware:
-    """Echo or create `X-Request-ID`, count requests by route template, log one line each."""
+    """Echo or create `X-Request-ID`, count requests by route template, log one line each.
+
+    WebSockets get the request id too (echoed on the upgrade or its refusal, set for the
+    session's log lines); their sessions are logged and counted by the realtime route.
+    """
 
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
         self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            await self._websocket(scope, receive, send)
+            return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        incoming = dict(scope.get("headers") or []).get(b"x-request-id", b"").decode("latin-1")
-        request_id = incoming if _VALID_REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        request_id = _request_id(scope)
         token = request_id_var.set(request_id)
         status = 500
         started = time.perf_counter()
@@ -81,6 +93,21 @@ class RequestContextMiddleware:
             )
             if not failed:
                 request_id_var.reset(token)
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request_id = _request_id(scope)
+        token = request_id_var.set(request_id)
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] in ("websocket.accept", "websocket.http.response.start"):
+                headers = list(message.get("headers") or [])
+                message = {**message, "headers": [*headers, (b"x-request-id", request_id.encode())]}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            request_id_var.reset(token)
 
 
 class AdmissionMiddleware:

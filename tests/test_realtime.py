@@ -623,6 +623,21 @@ def test_auth_uses_require_api_key(server):
     asyncio.run(run())
 
 
+def test_request_ids_on_the_upgrade_and_its_refusal(server):
+    async def run() -> None:
+        headers = {"Authorization": f"Bearer {API_KEY}", "X-Request-ID": "rt-req-1"}
+        async with raw_connect(server, headers=headers) as ws:
+            assert ws.response.headers["x-request-id"] == "rt-req-1"
+        with pytest.raises(websockets.InvalidStatus) as info:
+            async with raw_connect(server, headers={"X-Request-ID": "rt-req-2"}):
+                pass
+        assert info.value.response.headers["x-request-id"] == "rt-req-2"
+        async with raw_connect(server) as ws:  # none sent: one is made
+            assert len(ws.response.headers["x-request-id"]) == 32
+
+    asyncio.run(run())
+
+
 async def test_a_non_causal_streaming_bundle_fails_start_up(tiny_bundle_dir):
     from model_training.streaming import StreamingNotSupportedError
     from tests.test_app_support import serve
