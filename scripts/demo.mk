@@ -5,7 +5,8 @@
 #
 #   corpus -> teacher (HuBERT iteration 1: MFCC k-means) -> teacher2 (iteration 2: k-means on
 #   teacher's middle layer) -> labels + top-k targets from teacher2
-#   -> students (CE, KD, DKD b1/b4, DistilHuBERT-style features, causal DKD)
+#   -> students (log-mel front-end: CE, KD, DKD b1/b4; DistilHuBERT-style features; causal DKD;
+#      DKD b4 on the CNN front-end copied from the teacher, the front-end comparison)
 #   -> frozen-upstream CTC heads (until dev CER stops improving) on every student, both
 #      teachers and fbank
 #   -> end-to-end CTC fine-tuning on FT_LOW_HOURS and on all training hours from random init,
@@ -26,23 +27,23 @@ PY ?= .venv/bin/python
 OUT ?= runs/demo
 DATA ?= data/synth
 SEED ?= 0
-HOURS ?= 12
+HOURS ?= 4
 SYNTH_WORKERS ?= 2
-TEACHER_STEPS ?= 4000
+TEACHER_STEPS ?= 1000
 TEACHER2_STEPS ?= $(TEACHER_STEPS)
-DISTILL_HOURS ?= 4
-DISTILL_STEPS ?= 1500
+DISTILL_HOURS ?= 2
+DISTILL_STEPS ?= 1000
 CTC_HOURS ?= 2
-CTC_STEPS ?= 20000
-CTC_PATIENCE ?= 4
+CTC_STEPS ?= 3000
+CTC_PATIENCE ?= 2
 CTC_EVAL_EVERY ?= 500
 FT_LOW_HOURS ?= 1
-FT_STEPS ?= 2500
+FT_STEPS ?= 2000
 FT_FREEZE_STEPS ?= $(shell echo $$(( $(FT_STEPS) / 10 )))
 FT_EVAL_EVERY ?= 500
 JOB_THREADS ?= 1
-STUDENTS ?= ce kd dkd_b1 dkd_b4 feature causal_dkd
-FT_INITS ?= random dkd ce feature
+STUDENTS ?= dkd_b1 dkd_b4 ce kd feature causal_dkd dkd_cnn
+FT_INITS ?= dkd random ce feature
 PUBLISH_DOCS ?= docs
 PUBLISH_MODELS ?= models
 
@@ -161,12 +162,10 @@ EXPORT := $(PY) scripts/demo_export.py --runs $(OUT) --fp16-manifest $(M)/test_n
   --corpus-card $(DATA)/card.json
 $(S)/export_default: $(DEFAULT_CANDIDATES:%=$(S)/eval_%)
 	$(STAGE) $@ $(TORCH1) $(EXPORT) --candidates "$(DEFAULT_CANDIDATES)" \
-	  --out $(OUT)/bundles/default --name hubert-lstm-demo \
-	  --description "A bidirectional LSTM student (HuBERT-shaped 128-channel CNN, 3 BiLSTM x 256) with a CTC head, fine-tuned end to end"
+	  --out $(OUT)/bundles/default --name hubert-lstm-demo
 $(S)/export_streaming: $(STREAMING_CANDIDATES:%=$(S)/eval_%)
 	$(STAGE) $@ $(TORCH1) $(EXPORT) --candidates "$(STREAMING_CANDIDATES)" \
-	  --out $(OUT)/bundles/streaming --name hubert-lstm-demo-streaming \
-	  --description "A causal LSTM student (layer-norm 128-channel CNN, 3 unidirectional LSTM x 256) with a CTC head, fine-tuned end to end, for streaming"
+	  --out $(OUT)/bundles/streaming --name hubert-lstm-demo-streaming
 
 # ---- the table (under OUT) and publishing it
 $(S)/results: $(HEADS:%=$(S)/eval_ctc_%) $(FT_RUNS:%=$(S)/eval_%)

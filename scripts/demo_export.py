@@ -27,11 +27,10 @@ SPLITS = {
 
 CARD = """# hubert-lstm demo model: `{name}`
 
-**What it is.** {description}. {upstream_m:.2f}M parameters in the upstream, {total_m:.2f}M
-with the CTC head. Its teacher is a *mini HuBERT that this project pretrained itself* on a
-~{hours:.3g}-hour **synthetic** English corpus: neural voices (Kokoro-82M and Piper) and
-classic ones (espeak-ng, festival, flite). Everything was trained on a 2-core CPU by
-`make demo-model` ({run}).
+**What it is.** {description}: {origin}. {upstream_m:.2f}M parameters in the upstream,
+{total_m:.2f}M with the CTC head. {teacher} Its data is a ~{hours:.3g}-hour **synthetic**
+English corpus: neural voices (Kokoro-82M and Piper) and classic ones (espeak-ng, festival,
+flite). Everything was trained on a 2-core CPU by `make demo-model` (run `{run}`).
 
 **What it is not.** It is *not* a LibriSpeech-trained HuBERT student and it has never heard a
 human speaker directly (Piper's joe voice and Kokoro's voices were trained on recordings of
@@ -80,6 +79,35 @@ With a HuBERT Base fairseq checkpoint and LibriSpeech on GPUs:
 """
 
 
+# How each end-to-end run's upstream started (ft_<init>_<hours>, scripts/demo.mk)
+ORIGINS = {
+    "random": "trained from random initialisation with CTC only, end to end",
+    "dkd": "distilled from the mini HuBERT teacher with CE + DKD, then fine-tuned end to end"
+    " with CTC",
+    "ce": "distilled from the mini HuBERT teacher's cluster labels (CE), then fine-tuned end to end"
+    " with CTC",
+    "feature": "distilled from the mini HuBERT teacher's layers (DistilHuBERT-style), then"
+    " fine-tuned end to end with CTC",
+    "causal": "distilled from the mini HuBERT teacher with CE + DKD, then fine-tuned end to end"
+    " with a causal CTC head",
+}
+# The upstream's architecture by init (configs/distill/demo_*.yaml; random = demo_dkd_b1's student)
+ARCHITECTURES = {
+    "random": "A bidirectional LSTM student (log-mel front-end, 3 BiLSTM x 256) with a CTC head",
+    "dkd": "A bidirectional LSTM student (log-mel front-end, 3 BiLSTM x 256) with a CTC head",
+    "ce": "A bidirectional LSTM student (log-mel front-end, 3 BiLSTM x 256) with a CTC head",
+    "feature": "A DistilHuBERT-style student (128-channel CNN, 2 Transformer layers x 384) with"
+    " a CTC head",
+    "causal": "A causal LSTM student (layer-norm 128-channel CNN, 3 unidirectional LSTM x 256)"
+    " with a causal CTC head, for streaming",
+}
+TEACHER = (
+    "Its teacher is a *mini HuBERT that this project pretrained itself* (two HuBERT iterations) on"
+    " the same corpus."
+)
+NO_TEACHER = "No teacher was involved (this run is the random-init baseline that won on dev)."
+
+
 def _eval(runs: Path, run: str, split: str) -> dict[str, Any] | None:
     path = runs / "eval" / f"{run}.{split}.json"
     return json.loads(path.read_text()) if path.is_file() else None
@@ -95,7 +123,9 @@ def main() -> None:
     parser.add_argument("--candidates", required=True, help="run folder names, space-separated")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--name", required=True, help="the model id, e.g. hubert-lstm-demo")
-    parser.add_argument("--description", required=True, help="one sentence for the card")
+    parser.add_argument(
+        "--description", help="the card's first words (default: the chosen run's architecture)"
+    )
     parser.add_argument("--fp16-manifest", type=Path, required=True)
     parser.add_argument("--corpus-card", type=Path, required=True)
     args = parser.parse_args()
@@ -110,6 +140,7 @@ def main() -> None:
         repeats=1,
     )
     corpus = json.loads(args.corpus_card.read_text())
+    init = best.split("_")[1] if best.startswith("ft_") else best
     rows = []
     for split, label in SPLITS.items():
         ev = _eval(args.runs, best, split) or {}
@@ -122,7 +153,9 @@ def main() -> None:
     fp16 = provenance.get("fp16_weights", {})
     card = CARD.format(
         name=args.name,
-        description=args.description,
+        description=args.description or ARCHITECTURES.get(init, "A student with a CTC head"),
+        origin=ORIGINS.get(init, best),
+        teacher=NO_TEACHER if init == "random" else TEACHER,
         upstream_m=sum(p.numel() for p in load_bundle(args.out).upstream.parameters()) / 1e6,
         total_m=config["parameters"] / 1e6,
         hours=float(corpus["splits"]["train"]["hours"]),

@@ -24,10 +24,11 @@ ROWS: dict[str, str] = {
     "fbank": "log-mel fbank (no upstream model)",
     "teacher1": "mini HuBERT teacher, iteration 1 (MFCC units)",
     "teacher2": "mini HuBERT teacher, iteration 2 (units of iteration 1's layer)",
-    "ce": "LSTM student, CE only",
-    "kd": "LSTM student, CE + KD",
-    "dkd_b1": "LSTM student, CE + DKD (beta 1)",
-    "dkd_b4": "LSTM student, CE + DKD (beta 4)",
+    "ce": "LSTM student (log-mel front-end), CE only",
+    "kd": "LSTM student (log-mel front-end), CE + KD",
+    "dkd_b1": "LSTM student (log-mel front-end), CE + DKD (beta 1)",
+    "dkd_b4": "LSTM student (log-mel front-end), CE + DKD (beta 4)",
+    "dkd_cnn": "LSTM student (CNN front-end copied from the teacher), CE + DKD (beta 4)",
     "feature": "DistilHuBERT-style student (feature loss)",
     "causal_dkd": "causal LSTM student (unidirectional, layer-norm CNN), CE + DKD (beta 1)",
 }
@@ -93,7 +94,7 @@ def teacher_accuracy(runs: Path) -> list[dict[str, Any]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=Path, default=Path("runs/demo"))
-    parser.add_argument("--students", default="ce kd dkd_b1 dkd_b4 feature")
+    parser.add_argument("--students", default="dkd_b1 dkd_b4 ce kd feature causal_dkd dkd_cnn")
     parser.add_argument("--finetuned", default="", help="end-to-end runs, e.g. ft_dkd_all")
     parser.add_argument("--out-json", type=Path, default=Path("runs/demo/results.json"))
     parser.add_argument("--out-md", type=Path, default=Path("runs/demo/results.md"))
@@ -104,12 +105,16 @@ def main() -> None:
     args = parser.parse_args()
 
     names = ["fbank", "teacher1", "teacher2", *args.students.split()]
-    runs = {n: args.runs / f"ctc_{n}" for n in names if (args.runs / f"ctc_{n}").is_dir()}
+    # a row appears once its run has been evaluated; the others are listed as pending
+    runs = {n: args.runs / f"ctc_{n}" for n in names if _evaluated(args.runs, f"ctc_{n}")}
+    pending = [f"ctc_{n}" for n in names if n not in runs]
     speed = measure_throughput(runs, args.seconds, args.repeats, args.threads)
     rows = [score_row(args.runs, name, run, speed[name]) for name, run in runs.items()]
     ft_rows = []
     for run in args.finetuned.split():
-        if (args.runs / run).is_dir():
+        if not _evaluated(args.runs, run):
+            pending.append(run)
+        else:
             row = score_row(args.runs, run, args.runs / run, None)
             ft_rows.append({**row, "description": finetuned_description(args.runs, run)})
     result = {
@@ -117,6 +122,7 @@ def main() -> None:
         "teacher_iterations": teacher_accuracy(args.runs),
         "rows": rows,
         "finetuned_rows": ft_rows,
+        "pending": pending,
         "throughput": {
             "input_seconds": args.seconds,
             "batch": 1,
@@ -149,6 +155,10 @@ def score_row(runs: Path, name: str, run: Path, speed: float | None) -> dict[str
         test = json.loads(path.read_text()) if path.is_file() else {}
         row[f"{split}_wer"], row[f"{split}_cer"] = test.get("wer"), test.get("cer")
     return {**row, "cpu_audio_seconds_per_second": speed, "run": str(run)}
+
+
+def _evaluated(runs: Path, run: str) -> bool:
+    return (runs / run).is_dir() and (runs / "eval" / f"{run}.dev.json").is_file()
 
 
 def _pct(x: float | None) -> str:
@@ -224,6 +234,12 @@ def render_markdown(result: dict[str, Any]) -> str:
             lines.append(
                 f"| {it.get('iteration')} | {units} | {it.get('step', '-')} | {_pct(acc)} |"
             )
+    if result.get("pending"):
+        lines += [
+            "",
+            "**Not finished yet** (the run stopped before these were evaluated; `make demo-model` "
+            "resumes them): " + ", ".join(f"`{r}`" for r in result["pending"]) + ".",
+        ]
     return HEADER.format(sizes=result.get("sizes") or "see the run") + "\n".join(lines) + "\n"
 
 
