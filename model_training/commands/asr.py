@@ -44,6 +44,12 @@ def finetune_ctc(
     freeze_upstream_steps: int | None = typer.Option(
         None, "--freeze-upstream-steps", help="End to end: keep the upstream frozen this long."
     ),
+    task: str | None = typer.Option(
+        None,
+        "--task",
+        help="asr (characters, WER/CER) | pr (phones from espeak-ng or phonemes.lexicon, PER); "
+        "default: the config's (asr).",
+    ),
 ) -> None:
     """Train a SUPERB-style CTC head on a frozen upstream, or the whole model end to end;
     writes RUN/best and RUN/metrics.json."""
@@ -62,6 +68,7 @@ def finetune_ctc(
         end_to_end=end_to_end or None,  # unset: the config decides
         upstream_lr_scale=upstream_lr_scale,
         freeze_upstream_steps=freeze_upstream_steps,
+        task=task,
     )
     run_dir = run(cfg)
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -79,8 +86,11 @@ def evaluate(
     precision: str = typer.Option(
         "fp32", "--precision", help="fp32 | bf16 (CPU or CUDA autocast) | fp16 (CUDA)."
     ),
+    task: str | None = typer.Option(
+        None, "--task", help="asr | pr: check the model is that kind of head (default: any)."
+    ),
 ) -> None:
-    """Print JSON: wer, cer, utterances, audio_seconds, rtf, parameters."""
+    """Print JSON: wer, cer (a PR head: per), utterances, audio_seconds, rtf, parameters."""
     from model_training.training.evaluate import evaluate as run_evaluate
 
     result = run_evaluate(
@@ -91,6 +101,7 @@ def evaluate(
         max_batch_size=max_batch_size,
         details_path=details,
         precision=precision,
+        task=task,
     )
     text = json.dumps(result, indent=2)
     if output:

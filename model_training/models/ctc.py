@@ -1,5 +1,8 @@
 """The SUPERB ASR downstream: weighted layer sum -> Linear -> 2-layer BiLSTM -> character CTC.
 
+With `lstm_layers: 0` and `proj_dim: 0` the same head is SUPERB's PR downstream: the weighted
+layer sum and one linear layer to the CTC outputs (a linear probe of the upstream).
+
 The upstream stays frozen; only the head trains. CTC conventions live here (as in
 transformers' `HubertForCTC`): float32 log-softmax, the blank id, `zero_infinity`.
 """
@@ -28,8 +31,8 @@ class CTCHeadConfig:
             whose width equals the last layer's (a weighted sum needs one width; the student's
             narrower CNN projection is left out).
         vocab_size: CTC outputs including the blank (29 for the SUPERB characters).
-        proj_dim: Linear projection before the BiLSTM (SUPERB: 1024).
-        lstm_layers: BiLSTM layers (SUPERB: 2).
+        proj_dim: Linear projection before the BiLSTM (SUPERB: 1024); 0: none.
+        lstm_layers: BiLSTM layers (SUPERB: 2); 0: none (with proj_dim 0, a linear head).
         lstm_hidden: hidden size per direction (SUPERB: 1024).
         dropout: dropout after the projection and between BiLSTM layers.
         time_masks, time_mask_width, freq_masks, freq_mask_width: SpecAugment-style masks on
@@ -70,9 +73,12 @@ class CTCHeadConfig:
         widths = {self.layer_dims[i] for i in self.layer_indices}
         if len(widths) != 1:
             raise ValueError(f"weighted layers must share one width, found {sorted(widths)}")
-        for name in ("vocab_size", "proj_dim", "lstm_layers", "lstm_hidden"):
+        for name in ("vocab_size", "lstm_hidden"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, found {getattr(self, name)}")
+        for name in ("proj_dim", "lstm_layers"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, found {getattr(self, name)}")
         if not 0 <= self.blank_id < self.vocab_size:
             raise ValueError(f"blank_id {self.blank_id} outside vocabulary of {self.vocab_size}")
 
@@ -145,18 +151,23 @@ class CTCHead(nn.Module):
         super().__init__()
         self.config = config
         self.featurizer = WeightedLayerSum(config.layer_indices, config.layer_norm)
-        self.projection = nn.Linear(config.input_dim, config.proj_dim)
-        self.lstm = nn.LSTM(
-            config.proj_dim,
-            config.lstm_hidden,
-            num_layers=config.lstm_layers,
-            batch_first=True,
-            bidirectional=config.bidirectional,
-            dropout=config.dropout if config.lstm_layers > 1 else 0.0,
+        width = config.proj_dim or config.input_dim
+        self.projection: nn.Module = (
+            nn.Linear(config.input_dim, config.proj_dim) if config.proj_dim else nn.Identity()
         )
+        self.lstm: nn.LSTM | None = None
+        if config.lstm_layers:
+            self.lstm = nn.LSTM(
+                width,
+                config.lstm_hidden,
+                num_layers=config.lstm_layers,
+                batch_first=True,
+                bidirectional=config.bidirectional,
+                dropout=config.dropout if config.lstm_layers > 1 else 0.0,
+            )
+            width = (2 if config.bidirectional else 1) * config.lstm_hidden
         self.dropout = nn.Dropout(config.dropout)
-        directions = 2 if config.bidirectional else 1
-        self.classifier = nn.Linear(directions * config.lstm_hidden, config.vocab_size)
+        self.classifier = nn.Linear(width, config.vocab_size)
 
     def forward(self, hidden_states: Sequence[Tensor], lengths: Tensor) -> Tensor:
         """hidden_states: (B, T, D_l) per layer; lengths: (B,) -> log-probs (B, T, V) float32."""
@@ -165,10 +176,10 @@ class CTCHead(nn.Module):
                 f"expected {len(self.config.layer_dims)} hidden states, found {len(hidden_states)}"
             )
         x = self.features(hidden_states, lengths)
-        return self.classify(run_lstm(self.lstm, x, lengths))
+        return self.classify(x if self.lstm is None else run_lstm(self.lstm, x, lengths))
 
     def features(self, hidden_states: Sequence[Tensor], lengths: Tensor) -> Tensor:
-        """The LSTM's input: weighted sum -> (SpecAugment, training) -> Linear. (B, T, proj_dim)"""
+        """The LSTM's input: weighted sum -> (SpecAugment, training) -> Linear (B, T, proj_dim)."""
         x = self.featurizer(hidden_states)
         if self.training and (self.config.time_masks or self.config.freq_masks):
             x = spec_augment(x, lengths, self.config)

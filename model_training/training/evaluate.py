@@ -7,6 +7,10 @@ built the same way:
         -> (upstream, ref)
     load_recognizer(bundle dir | fine-tuning run dir | run/best) -> Recognizer
 
+A phone-recognition (PR) run is evaluated the same way: its head.json names the task and the
+phonemizer, the manifest's transcripts become phones, and the score is the phone error rate
+`per` (training/tasks.py).
+
 `ref` is a small JSON-ready dict naming where the upstream came from; a fine-tuning run stores
 it next to the head weights, so the head can be put back on the same frozen upstream later.
 An end-to-end run changes the upstream too: its `best/` then also holds the fine-tuned
@@ -37,6 +41,7 @@ from model_training.data.sampler import LengthBucketSampler
 from model_training.decoding import Transcript, greedy_ctc_decode_batch
 from model_training.models.ctc import ASRModel, CTCHead, CTCHeadConfig
 from model_training.models.registry import upstream_type_name
+from model_training.phones import PhoneVocab
 from model_training.precision import inference_autocast
 from model_training.text import CharVocab, normalize_text
 from model_training.training.students import (
@@ -47,6 +52,7 @@ from model_training.training.students import (
     random_student_spec,
     save_student,
 )
+from model_training.training.tasks import TextTask
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +157,20 @@ def load_upstream(
     return upstream.to(device).eval(), ref
 
 
+def load_any_upstream(
+    spec: str | os.PathLike, device: str | torch.device = "cpu"
+) -> tuple[nn.Module, dict[str, Any]]:
+    """`load_upstream`, and also a fine-tuning run (its upstream: the one it was trained on,
+    or the fine-tuned one of an end-to-end run). Frozen, eval mode."""
+    path = Path(spec)
+    is_run = (path / BEST_DIR / HEAD_META).is_file() or (path / HEAD_META).is_file()
+    if str(spec) != "fbank" and path.is_dir() and not _is_bundle(path) and is_run:
+        rec = load_recognizer(path, device)
+        upstream = rec.model.upstream.requires_grad_(False).eval()
+        return upstream, {"kind": "run", "path": str(path.resolve()), "config": None}
+    return load_upstream(spec, device)
+
+
 # ----------------------------------------------------------------------------- recognizers
 
 
@@ -159,11 +179,17 @@ class Recognizer:
     """An ASR model ready for inference, its vocabulary, and facts for reports."""
 
     model: ASRModel
-    vocab: CharVocab
+    vocab: CharVocab | PhoneVocab
     source: str  # "bundle" or "run"
     path: Path
     parameters: int
     info: dict[str, Any] = field(default_factory=dict)
+    task: TextTask | None = None  # None: ASR on `vocab`
+
+    @property
+    def text_task(self) -> TextTask:
+        """What the head predicts (ASR unless the run's head.json says otherwise)."""
+        return self.task or TextTask("asr", self.vocab)
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -218,7 +244,7 @@ def save_head(
     return out
 
 
-def load_head(path: str | os.PathLike) -> tuple[CTCHead, CharVocab, dict[str, Any]]:
+def load_head(path: str | os.PathLike) -> tuple[CTCHead, CharVocab | PhoneVocab, dict[str, Any]]:
     """Inverse of `save_head`: (head in eval mode, vocabulary, the metadata dict)."""
     path = Path(path)
     meta_path = path / HEAD_META
@@ -231,7 +257,7 @@ def load_head(path: str | os.PathLike) -> tuple[CTCHead, CharVocab, dict[str, An
         )
     head = CTCHead(CTCHeadConfig.from_dict(meta["head"]))
     head.load_state_dict(load_file(str(path / HEAD_WEIGHTS)), strict=True)
-    return head.eval(), CharVocab.from_config(meta["vocab"]), meta
+    return head.eval(), TextTask.from_meta(meta).vocab, meta
 
 
 def load_recognizer(path: str | os.PathLike, device: str | torch.device = "cpu") -> Recognizer:
@@ -274,6 +300,7 @@ def load_recognizer(path: str | os.PathLike, device: str | torch.device = "cpu")
             "step": meta.get("step"),
             "dev": meta.get("dev"),
         },
+        task=TextTask.from_meta(meta),
     )
 
 
@@ -319,14 +346,20 @@ def manifest_batches(
 
 @torch.inference_mode()
 def transcribe_batch(
-    model: nn.Module, vocab: CharVocab, batch: AudioBatch, device: str | torch.device = "cpu"
+    model: nn.Module,
+    vocab: CharVocab | PhoneVocab,
+    batch: AudioBatch,
+    device: str | torch.device = "cpu",
 ) -> list[Transcript]:
-    """Greedy transcripts (with word timestamps) of one padded batch."""
+    """Greedy transcripts (with word timestamps) of one padded batch; for a phone vocabulary
+    the text is the space-separated phones (no timestamps)."""
     batch = batch.to(device)
     out, log_probs = model(batch.waveforms, batch.lengths)
-    return greedy_ctc_decode_batch(
-        log_probs.cpu(), out.lengths.cpu(), vocab, 1.0 / float(model.frame_rate)
-    )
+    frame_seconds = 1.0 / float(model.frame_rate)
+    if isinstance(vocab, PhoneVocab):
+        texts = TextTask("pr", vocab).decode(log_probs.cpu(), out.lengths.cpu(), frame_seconds)
+        return [Transcript(text=t) for t in texts]
+    return greedy_ctc_decode_batch(log_probs.cpu(), out.lengths.cpu(), vocab, frame_seconds)
 
 
 def evaluate_recognizer(
@@ -340,7 +373,8 @@ def evaluate_recognizer(
     details: list[dict[str, Any]] | None = None,
     precision: str = "fp32",
 ) -> dict[str, Any]:
-    """WER, CER, utterances, audio seconds, real-time factor and parameters on a manifest.
+    """WER, CER, utterances, audio seconds, real-time factor and parameters on a manifest
+    (a PR head: `per` instead of WER and CER, against the manifest's phones).
 
     `precision`: fp32, or bf16 (CPU or CUDA) / fp16 (CUDA) autocast, to check what reduced
     precision costs in accuracy before serving with it.
@@ -349,9 +383,12 @@ def evaluate_recognizer(
     audio time; the first batch is run once untimed to warm up. Per-utterance results are
     appended to `details` when a list is given.
     """
+    name = "manifest" if isinstance(manifest, Manifest) else Path(manifest).stem
     manifest = manifest if isinstance(manifest, Manifest) else read_manifest(manifest)
     if len(manifest) == 0:
         raise ValueError("the evaluation manifest has no utterances")
+    task = recognizer.text_task
+    manifest = task.targets(manifest, name)
     model = recognizer.model
     sr = int(model.sample_rate)
     refs: list[str] = []
@@ -377,13 +414,12 @@ def evaluate_recognizer(
             refs.append(manifest[i].text)
             hyps.append(tr.text)
             if details is not None:
-                details.append(
-                    {"id": manifest[i].id, "ref": normalize_text(manifest[i].text), "hyp": tr.text}
-                )
-    metrics = score(refs, hyps)
+                ref = normalize_text(manifest[i].text) if task.name == "asr" else manifest[i].text
+                details.append({"id": manifest[i].id, "ref": ref, "hyp": tr.text})
+    metrics = task.score(refs, hyps)
     return {
-        "wer": metrics.get("wer"),
-        "cer": metrics.get("cer"),
+        **{m: metrics.get(m) for m in task.metrics},
+        "task": task.name,
         "utterances": len(manifest),
         "audio_seconds": audio_seconds,
         "processing_seconds": compute,
@@ -407,9 +443,18 @@ def evaluate(
     num_workers: int = 0,
     details_path: str | os.PathLike | None = None,
     precision: str = "fp32",
+    task: str | None = None,
 ) -> dict[str, Any]:
-    """Load `model_dir` (bundle or run), evaluate on `manifest` (see `evaluate_recognizer`)."""
+    """Load `model_dir` (bundle or run), evaluate on `manifest` (see `evaluate_recognizer`).
+
+    `task`: asr | pr to check that the model is that kind of head (None: whatever it is).
+    """
     recognizer = load_recognizer(model_dir, device)
+    if task is not None and task != recognizer.text_task.name:
+        raise ValueError(
+            f"{model_dir} is a {recognizer.text_task.name} head, not {task}: "
+            "train it with `finetune-ctc --task " + task + "`"
+        )
     details: list[dict[str, Any]] | None = [] if details_path else None
     result = evaluate_recognizer(
         recognizer,

@@ -245,6 +245,10 @@ def export_run(
     rec = load_recognizer(run_dir, "cpu")
     if rec.source != "run":
         raise ValueError(f"{run_dir} is a bundle already; export takes a fine-tuning run")
+    if rec.text_task.name != "asr":
+        raise ValueError(
+            f"{run_dir} is a {rec.text_task.name} head (a probe); bundles serve ASR heads only"
+        )
     model: ASRModel = rec.model
     upstream, head = model.upstream, model.head
     try:

@@ -19,12 +19,20 @@ Every `eval_every` steps the dev set is decoded greedily with the shared decoder
 (and, end to end, the upstream) with the lowest dev WER (ties: CER; `select_by`) is written
 to `RUN/best/` with a reference to the upstream it started from.
 
+`task: pr` (`--task pr`) trains the same path on phones instead of characters: the targets
+are the transcripts' phones (`phones.py`; espeak-ng or a lexicon, cached per manifest), the
+outputs blank + the phone inventory, the score the phone error rate `per` (training/tasks.py).
+SUPERB's PR head is the weighted layer sum and one linear layer: `head: {lstm_layers: 0,
+proj_dim: 0}` (configs/ctc/pr_demo.yaml).
+
 Run directory:
     config.yaml          the resolved configuration
     checkpoints/         training state for exact resume (common.Checkpointer)
     best/                head.safetensors + head.json (head config, vocabulary, upstream ref)
                          [+ upstream.safetensors, end to end]
     metrics.json         best and last dev scores, every evaluation, training summary
+    layer_weights.json   the best head's softmax layer weights (for the layer-weight plots)
+    phones/              task pr: the per-manifest phone targets (unless phonemes.cache_dir)
     train_log.jsonl      training metrics every log_every steps
     tensorboard/         scalars
     feature_cache/       with feature_cache=disk: the frozen upstream's hidden states
@@ -56,7 +64,6 @@ from model_training.data.audio import SAMPLE_RATE
 from model_training.data.collate import AudioBatch
 from model_training.data.manifest import Manifest, read_manifest
 from model_training.data.sampler import LengthBucketSampler
-from model_training.decoding import greedy_ctc_decode_batch
 from model_training.models.ctc import ASRModel, CTCHead, CTCHeadConfig
 from model_training.text import CharVocab
 from model_training.training.common import (
@@ -75,13 +82,15 @@ from model_training.training.ctc_data import (
     encode_targets,
     filter_manifest,
 )
-from model_training.training.evaluate import BEST_DIR, load_upstream, save_head, score
+from model_training.training.evaluate import BEST_DIR, load_upstream, save_head
 from model_training.training.features import FEATURE_CACHE_MODES, FeatureSource
 from model_training.training.loop import LoopConfig, TrainLoop, largest_batch
+from model_training.training.tasks import TASKS, TextTask, build_task
 
 logger = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.json"
+LAYER_WEIGHTS_FILE = "layer_weights.json"
 # CTCHeadConfig fields that come from the upstream and the vocabulary, not from the config.
 _DERIVED_HEAD_FIELDS = ("layer_dims", "vocab_size", "blank_id")
 
@@ -111,12 +120,16 @@ class FinetuneConfig:
         max_batch_seconds, max_batch_size: padded-audio budget and item cap per batch.
         max_utterance_seconds: drop longer training utterances (None keeps all).
         eval_every, log_every, checkpoint_every, keep_checkpoints: in optimizer steps.
-        target_dev_cer: stop once the dev CER is at or below this (None: run to the end).
+        target_dev_cer: stop once the dev CER (task pr: PER) is at or below this (None: run
+            to the end).
         patience: stop once this many evaluations in a row have not improved on the best
             (None: run to the end); with a large max_steps, heads train until dev stops
             improving.
         feature_cache: none | memory | disk (see the module docstring).
         precision: fp32 | bf16 | fp16 (autocast on CUDA only).
+        task: asr (characters, WER/CER) or pr (phones, PER; `select_by` is then per).
+        phonemes: task pr: `phones.PhonemizerConfig` fields (backend espeak|lexicon, voice,
+            lexicon, keep_stress, cache_dir; default cache: RUN/phones).
     """
 
     upstream: str = "fbank"
@@ -159,16 +172,25 @@ class FinetuneConfig:
     oom_check: bool = True
     progress: bool = True
     tensorboard: bool = True
+    task: str = "asr"
+    phonemes: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.task == "pr":
+            self.select_by = "per"  # the one phone metric
         self.validate()
 
     def validate(self) -> None:
         """Raise ValueError on inconsistent settings."""
         if not self.train_manifest:
             raise ValueError("train_manifest is required")
-        if self.select_by not in ("wer", "cer"):
-            raise ValueError(f"select_by must be 'wer' or 'cer', found {self.select_by!r}")
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, found {self.task!r}")
+        allowed = ("wer", "cer") if self.task == "asr" else ("per",)
+        if self.select_by not in allowed:
+            raise ValueError(f"select_by must be one of {allowed}, found {self.select_by!r}")
+        if self.phonemes and self.task != "pr":
+            raise ValueError("phonemes configures task pr; set task: pr or drop it")
         if self.patience is not None and self.patience < 1:
             raise ValueError(f"patience must be >= 1 (or null), found {self.patience}")
         if self.feature_cache not in FEATURE_CACHE_MODES:
@@ -245,6 +267,12 @@ class CTCTask:
     dev: tuple[DataLoader, Manifest, CTCDataset] | None = None
     frame_seconds: float = 0.02
     trained_upstream: nn.Module | None = None  # end to end: the upstream being fine-tuned
+    text_task: TextTask | None = None  # None: ASR on `vocab`
+    layer_names: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.text_task is None:
+            self.text_task = TextTask("asr", self.vocab)
 
     def start_epoch(self, epoch: int) -> None:
         if self.cfg.feature_cache != "none":  # skip decoding audio whose features are cached
@@ -294,7 +322,9 @@ class CTCTask:
         if _is_better(metrics, state.extra.get("best"), self.cfg.select_by):
             state.extra["best"] = entry
             self.save_best(state, metrics)
-        if self.cfg.target_dev_cer is not None and metrics["cer"] <= self.cfg.target_dev_cer:
+        assert self.text_task is not None
+        stop = metrics[self.text_task.stop_metric]
+        if self.cfg.target_dev_cer is not None and stop <= self.cfg.target_dev_cer:
             state.extra["target_reached"] = True
             return True
         if self.cfg.patience is not None:
@@ -314,13 +344,22 @@ class CTCTask:
 
     def save_best(self, state: TrainState, dev: dict[str, float] | None) -> None:
         """Write the current head to RUN/best with its upstream reference."""
+        assert self.text_task is not None
         save_head(
             self.run_dir / BEST_DIR,
             self.head,
             self.vocab,
             self.upstream_ref,
-            {"step": state.step, "dev": dev},
+            {"step": state.step, "dev": dev, **self.text_task.to_meta()},
             upstream=self.trained_upstream,
+        )
+        write_layer_weights(
+            self.run_dir,
+            self.text_task.name,
+            self.head.featurizer,
+            self.layer_names,
+            self.upstream_ref,
+            {"step": state.step, "dev": dev},
         )
 
 
@@ -332,6 +371,7 @@ def evaluate_dev(task: CTCTask, loader: DataLoader, manifest: Manifest) -> dict[
     refs: list[str] = []
     hyps: list[str] = []
     losses: list[float] = []
+    assert task.text_task is not None
     for indices, batch, loaded in loader:
         hidden, lengths = task.features("dev", indices, batch, loaded)
         texts = [manifest[i].text for i in indices]
@@ -342,12 +382,9 @@ def evaluate_dev(task: CTCTask, loader: DataLoader, manifest: Manifest) -> dict[
             log_probs, lengths, targets.to(task.device), target_lengths.to(task.device)
         )
         losses.append(float(loss))
-        decoded = greedy_ctc_decode_batch(
-            log_probs.cpu(), lengths.cpu(), task.vocab, task.frame_seconds
-        )
         refs.extend(texts)
-        hyps.extend(t.text for t in decoded)
-    metrics = score(refs, hyps)
+        hyps.extend(task.text_task.decode(log_probs.cpu(), lengths.cpu(), task.frame_seconds))
+    metrics = task.text_task.score(refs, hyps)
     metrics["loss"] = sum(losses) / max(1, len(losses))
     return metrics
 
@@ -355,8 +392,9 @@ def evaluate_dev(task: CTCTask, loader: DataLoader, manifest: Manifest) -> dict[
 def _is_better(dev: dict[str, float], best: dict[str, Any] | None, select_by: str) -> bool:
     if best is None:
         return True
-    other = "cer" if select_by == "wer" else "wer"
-    return (dev[select_by], dev[other]) < (best[select_by], best[other])
+    other = {"wer": "cer", "cer": "wer"}.get(select_by)
+    keys = [select_by] + ([other] if other in dev and other in best else [])
+    return [dev[k] for k in keys] < [best[k] for k in keys]
 
 
 def write_metrics(run_dir: Path, state: TrainState, extra: dict[str, Any]) -> None:
@@ -410,21 +448,57 @@ def _sampler(
 
 
 def _dev_data(
-    cfg: FinetuneConfig, sample_rate: int
+    cfg: FinetuneConfig, sample_rate: int, task: TextTask
 ) -> tuple[DataLoader, Manifest, CTCDataset] | None:
     if not cfg.dev_manifest:
         return None
-    manifest = read_manifest(cfg.dev_manifest)
+    manifest = task.targets(read_manifest(cfg.dev_manifest), Path(cfg.dev_manifest).stem)
     dataset = CTCDataset(manifest)
     sampler = _sampler(manifest, cfg, sample_rate, shuffle=False)
     return _loader(dataset, sampler, cfg), manifest, dataset
 
 
+def build_text_task(cfg: FinetuneConfig) -> TextTask:
+    """The task: SUPERB's 28 characters + the CTC blank (asr) or blank + phones (pr). The one
+    place the task plugs in; head size, targets, decoding, scores and the saved head all
+    follow the object returned here."""
+    phonemes = dict(cfg.phonemes)
+    if cfg.task == "pr":
+        phonemes.setdefault("cache_dir", str(Path(cfg.run_dir) / "phones"))
+    return build_task(cfg.task, phonemes)
+
+
 def build_vocab(cfg: FinetuneConfig) -> CharVocab:
-    """The output vocabulary: SUPERB's 28 characters + the CTC blank. The one place a task
-    choice (characters, phonemes) plugs in; head size, targets, decoding and the saved
-    head all follow the object returned here."""
-    return CharVocab()
+    """The output vocabulary of an ASR run (see `build_text_task`)."""
+    vocab = build_text_task(cfg).vocab
+    assert isinstance(vocab, CharVocab)
+    return vocab
+
+
+def write_layer_weights(
+    run_dir: Path,
+    task: str,
+    featurizer: nn.Module,
+    layer_names: Sequence[str],
+    upstream_ref: dict[str, Any],
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """RUN/layer_weights.json: the head's softmax layer weights, one per mixed hidden state
+    (`layer_indices` into the upstream's hidden states; `layer_names` of all of them)."""
+    weights = torch.softmax(featurizer.weights.detach().float().cpu(), dim=0).tolist()
+    record = {
+        "task": task,
+        "layer_indices": list(featurizer.layer_indices),
+        "layer_names": list(layer_names),
+        "weights": weights,
+        "upstream": upstream_ref,
+        **(extra or {}),
+    }
+    path = run_dir / LAYER_WEIGHTS_FILE
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(record, indent=2) + "\n")
+    os.replace(tmp, path)
+    return path
 
 
 def trainable_upstream(upstream: nn.Module, ref: dict[str, Any], cfg: FinetuneConfig) -> nn.Module:
@@ -470,7 +544,8 @@ def _run(cfg: FinetuneConfig) -> Path:
     trained = None
     if cfg.end_to_end:
         trained = upstream = trainable_upstream(upstream, upstream_ref, cfg).to(device)
-    vocab = build_vocab(cfg)
+    text_task = build_text_task(cfg)
+    vocab = text_task.vocab
     head_cfg = CTCHeadConfig(
         layer_dims=list(upstream.hidden_dims), vocab_size=len(vocab), **cfg.head
     )
@@ -490,14 +565,13 @@ def _run(cfg: FinetuneConfig) -> Path:
         raise ValueError(f"expected a {SAMPLE_RATE} Hz upstream, found {sr}")
 
     max_samples = int(cfg.max_utterance_seconds * sr) if cfg.max_utterance_seconds else None
-    train, dropped = filter_manifest(
-        read_manifest(cfg.train_manifest), upstream, vocab, max_samples
-    )
+    targets = text_task.targets(read_manifest(cfg.train_manifest), Path(cfg.train_manifest).stem)
+    train, dropped = filter_manifest(targets, upstream, vocab, max_samples)
     if len(train) == 0:
         raise ValueError(f"{cfg.train_manifest}: no usable training utterances ({dropped})")
     dataset = CTCDataset(train)
     sampler = _sampler(train, cfg, sr, shuffle=True)
-    dev = _dev_data(cfg, sr)
+    dev = _dev_data(cfg, sr, text_task)
     features = FeatureSource(
         upstream, device, cfg.precision, cfg.feature_cache, run_dir / "feature_cache", upstream_ref
     )
@@ -515,6 +589,7 @@ def _run(cfg: FinetuneConfig) -> Path:
         "end_to_end": cfg.end_to_end,
         "upstream_parameters_trained": n_up,
         "feature_cache": cfg.feature_cache,
+        "task": cfg.task,
         "train_utterances": len(train),
         "train_dropped": dropped,
         "dev_utterances": len(dev[1]) if dev is not None else 0,
@@ -533,6 +608,8 @@ def _run(cfg: FinetuneConfig) -> Path:
         dev,
         1.0 / float(upstream.frame_rate),
         trained,
+        text_task,
+        list(getattr(upstream, "layer_names", [])),
     )
     loop = TrainLoop(
         task=task,
