@@ -167,6 +167,40 @@ $(S)/export_streaming: $(STREAMING_CANDIDATES:%=$(S)/eval_%)
 	$(STAGE) $@ $(TORCH1) $(EXPORT) --candidates "$(STREAMING_CANDIDATES)" \
 	  --out $(OUT)/bundles/streaming --name hubert-lstm-demo-streaming
 
+# ---- probes (issue 16): a phone-recognition (PR) head and a speaker-identification (SID)
+# head on every upstream of HEADS, and their layer weights next to the CTC heads'. Not part of
+# `all`: `make -f scripts/demo.mk probes`; `PROBES=1` makes the results table wait for them
+# and adds their columns (dev PER, SID test accuracy).
+PR_STEPS ?= $(CTC_STEPS)
+SID_MANIFEST ?= $(DATA)/train.tsv
+PROBE_HEADS := $(HEADS:%=$(S)/pr_%) $(HEADS:%=$(S)/sid_%)
+.PHONY: probes
+probes: $(HEADS:%=$(S)/eval_pr_%) $(HEADS:%=$(S)/sid_%) $(S)/layer_weights
+$(S)/pr_fbank $(S)/sid_fbank: UPSTREAM = fbank
+$(S)/pr_fbank $(S)/sid_fbank: $(S)/manifests
+$(S)/pr_teacher1 $(S)/sid_teacher1: UPSTREAM = $(OUT)/teacher1
+$(S)/pr_teacher1 $(S)/sid_teacher1: $(S)/teacher1 $(S)/manifests
+$(S)/pr_teacher2 $(S)/sid_teacher2: UPSTREAM = $(OUT)/teacher2
+$(S)/pr_teacher2 $(S)/sid_teacher2: $(S)/teacher2 $(S)/manifests
+$(STUDENTS:%=$(S)/pr_%) $(STUDENTS:%=$(S)/sid_%): UPSTREAM = $(OUT)/distill_$(patsubst sid_%,%,$(patsubst pr_%,%,$(@F)))
+$(STUDENTS:%=$(S)/pr_%): $(S)/pr_%: $(S)/distill_% $(S)/manifests
+$(STUDENTS:%=$(S)/sid_%): $(S)/sid_%: $(S)/distill_% $(S)/synth
+$(HEADS:%=$(S)/pr_%):
+	$(STAGE) $@ $(TORCH1) $(HL) finetune-ctc --task pr --upstream $(UPSTREAM) \
+	  --train $(M)/ctc_train.tsv --dev $(DATA)/dev.tsv --out $(OUT)/$(@F) \
+	  --config configs/ctc/pr_demo.yaml --max-steps $(PR_STEPS) --feature-cache memory \
+	  --set num_threads=$(JOB_THREADS) --set patience=$(CTC_PATIENCE) \
+	  --set eval_every=$(CTC_EVAL_EVERY) --set checkpoint_every=$(CTC_EVAL_EVERY) \
+	  --set phonemes.cache_dir=$(abspath $(OUT))/phones
+$(HEADS:%=$(S)/sid_%):
+	$(STAGE) $@ $(TORCH1) $(HL) sid --upstream $(UPSTREAM) --manifest $(SID_MANIFEST) \
+	  --out $(OUT)/$(@F) --config configs/sid/demo.yaml --set num_threads=$(JOB_THREADS) \
+	  --set progress=false
+$(S)/layer_weights: $(HEADS:%=$(S)/ctc_%) $(PROBE_HEADS)
+	$(STAGE) $@ $(PY) scripts/plot_layer_weights.py --runs $(OUT) --heads "$(HEADS)" \
+	  --out $(OUT)/layer_weights.png
+$(S)/results: $(if $(PROBES),$(HEADS:%=$(S)/eval_pr_%) $(HEADS:%=$(S)/sid_%))
+
 # ---- the table (under OUT) and publishing it
 $(S)/results: $(HEADS:%=$(S)/eval_ctc_%) $(FT_RUNS:%=$(S)/eval_%)
 	$(STAGE) $@ $(PY) scripts/demo_results.py --runs $(OUT) --students "$(STUDENTS)" \

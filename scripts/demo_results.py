@@ -154,7 +154,23 @@ def score_row(runs: Path, name: str, run: Path, speed: float | None) -> dict[str
         path = runs / "eval" / f"{run.name}.{split}.json"
         test = json.loads(path.read_text()) if path.is_file() else {}
         row[f"{split}_wer"], row[f"{split}_cer"] = test.get("wer"), test.get("cer")
+    row.update(probe_scores(runs, name))
     return {**row, "cpu_audio_seconds_per_second": speed, "run": str(run)}
+
+
+def probe_scores(runs: Path, name: str) -> dict[str, Any]:
+    """The upstream's probes (issue 16), None where not run: PER of its PR head
+    (eval/pr_NAME.SPLIT.json) and test accuracy of its SID head (sid_NAME/metrics.json)."""
+    out: dict[str, Any] = {}
+    for split in ("dev", *TEST_SPLITS):
+        path = runs / "eval" / f"pr_{name}.{split}.json"
+        out[f"{split}_per"] = json.loads(path.read_text()).get("per") if path.is_file() else None
+    sid = runs / f"sid_{name}" / "metrics.json"
+    metrics = json.loads(sid.read_text()) if sid.is_file() else {}
+    out["sid_test_acc"] = metrics.get("test_acc")
+    out["sid_chance"] = metrics.get("chance")
+    out["sid_speakers"] = metrics.get("speakers")
+    return out
 
 
 def _evaluated(runs: Path, run: str) -> bool:
@@ -184,11 +200,17 @@ def _table(rows: list[dict[str, Any]], speed: bool) -> list[str]:
         "| upstream | upstream params | dev WER % | dev CER % | unseen neural WER % "
         "| unseen neural CER % | unseen classic WER % | unseen classic CER % |"
     )
+    # the probes' columns (issue 16) only once some row has them; missing scores are "-"
+    probes = any(r.get("dev_per") is not None or r.get("sid_test_acc") is not None for r in rows)
+    head += " dev PER % | SID test acc % |" if probes else ""
     lines = [head + (" CPU audio s/s |" if speed else ""), "|---|" + "---:|" * (7 + speed)]
+    lines[1] += "---:|---:|" if probes else ""
     for r in rows:
         cells = [r["description"], f"{r['upstream_parameters'] / 1e6:.2f}M"]
         cells += [_pct(r[k]) for k in ("dev_wer", "dev_cer")]
         cells += [_pct(r.get(f"{s}_{m}")) for s in TEST_SPLITS for m in ("wer", "cer")]
+        if probes:
+            cells += [_pct(r.get("dev_per")), _pct(r.get("sid_test_acc"))]
         if speed:
             cells.append(str(r["cpu_audio_seconds_per_second"]))
         lines.append("| " + " | ".join(cells) + " |")
@@ -204,6 +226,17 @@ def render_markdown(result: dict[str, Any]) -> str:
         f"CPU throughput: {t['what']}; batch {t['batch']}, {t['input_seconds']:.0f} s input, "
         f"{t['threads']} threads, {t['repeats']} repeats."
     )
+    chance = {r["sid_speakers"]: r["sid_chance"] for r in result["rows"] if r.get("sid_chance")}
+    if chance:
+        lines += [
+            "",
+            "Probes (SUPERB protocol, frozen upstream, weighted layer sum): PER = phone error "
+            "rate of a linear CTC head on espeak-ng's en-us phones (configs/ctc/pr_demo.yaml); "
+            "SID = accuracy of mean pooling + a linear layer over the corpus's voices, "
+            "utterance-level splits of the same voices (configs/sid/demo.yaml); chance "
+            + ", ".join(f"{100 * c:.1f}% ({n} voices)" for n, c in sorted(chance.items()))
+            + ". Learned layer weights: layer_weights.png.",
+        ]
     if result.get("finetuned_rows"):
         lines += [
             "",
