@@ -95,6 +95,18 @@ def dataclass_from_dict(cls: type[T], d: dict[str, Any], where: str = "config") 
     return cls(**d)
 
 
+@contextlib.contextmanager
+def torch_threads(num_threads: int | None) -> Iterator[None]:
+    """Run the block with `num_threads` intra-op threads (None/0: unchanged), then restore."""
+    before = torch.get_num_threads()
+    if num_threads:
+        torch.set_num_threads(num_threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def seed_everything(seed: int) -> None:
     """Seed python's `random`, numpy and torch (CPU and every CUDA device)."""
     random.seed(seed)

@@ -74,6 +74,7 @@ from model_training.training.common import (
     read_yaml_with_overrides,
     resolve_device,
     seed_everything,
+    torch_threads,
     warmup_steps_for,
 )
 from model_training.training.ctc_data import (
@@ -416,13 +417,8 @@ def write_metrics(run_dir: Path, state: TrainState, extra: dict[str, Any]) -> No
 
 def run(cfg: FinetuneConfig) -> Path:
     """Train (or resume) a CTC head; returns the run directory."""
-    threads = torch.get_num_threads()
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
-    try:
+    with torch_threads(cfg.num_threads):
         return _run(cfg)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _loader(dataset: CTCDataset, sampler: LengthBucketSampler, cfg: FinetuneConfig) -> DataLoader:

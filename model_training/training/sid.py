@@ -48,6 +48,7 @@ from model_training.training.common import (
     read_yaml_with_overrides,
     resolve_device,
     seed_everything,
+    torch_threads,
 )
 
 logger = logging.getLogger(__name__)
@@ -295,13 +296,8 @@ def train_head(
 
 def run(cfg: SIDConfig) -> Path:
     """Split, pool the frozen upstream's features, train and test the head; returns RUN."""
-    threads = torch.get_num_threads()
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
-    try:
+    with torch_threads(cfg.num_threads):
         return _run(cfg)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _run(cfg: SIDConfig) -> Path:

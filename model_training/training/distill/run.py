@@ -23,6 +23,7 @@ from model_training.training.common import (
     init_distributed,
     linear_warmup_decay,
     seed_everything,
+    torch_threads,
     unwrap_model,
     warmup_steps_for,
 )
@@ -102,15 +103,12 @@ class DistillTask:
 def run(cfg: DistillConfig) -> Path:
     """Train (or resume) a student; returns the path of the final `student.safetensors`
     (or the run dir when stopped early by `stop_at_step`)."""
-    threads = torch.get_num_threads()
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
-    info, device = init_distributed(cfg.device)
-    try:
-        return _run(cfg, info, device)
-    finally:
-        cleanup_distributed()
-        torch.set_num_threads(threads)
+    with torch_threads(cfg.num_threads):
+        info, device = init_distributed(cfg.device)
+        try:
+            return _run(cfg, info, device)
+        finally:
+            cleanup_distributed()
 
 
 def _build_student(
