@@ -5,9 +5,11 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 APT_STAMP := .venv-apt-done
-# Debian packages the tests and the synthetic corpus need (TTS engines, codecs, prometheus, compose).
+# Debian packages the tests and the synthetic corpus need (TTS engines, codecs, prometheus, compose,
+# and headless Chromium + its WebDriver for the try-it page's browser test).
 APT_PACKAGES := espeak-ng sox libsox-fmt-all ffmpeg libsndfile1 festival flite festvox-kallpc16k \
-	festvox-kdlpc16k festvox-us-slt-hts fortunes wordnet-base bible-kjv bible-kjv-text prometheus docker-compose
+	festvox-kdlpc16k festvox-us-slt-hts fortunes wordnet-base bible-kjv bible-kjv-text prometheus docker-compose \
+	chromium chromium-driver
 PORT ?= 8000
 MODEL_DIR ?= models/default
 

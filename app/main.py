@@ -24,7 +24,7 @@ from app.inference import make_run_batch, warm_up, warm_up_streams
 from app.logs import configure_logging
 from app.metrics import Metrics
 from app.middleware import AdmissionMiddleware, RequestContextMiddleware
-from app.routes import audio, health, models, realtime
+from app.routes import audio, demo, health, models, realtime
 from app.service import ServedModel, Service
 from app.settings import SAMPLES_PER_FRAME, Settings
 from app.step_batcher import StepBatcher
@@ -172,6 +172,8 @@ def create_app(settings: Settings | None = None, *, loader: BundleLoader | None 
     app.include_router(models.router)
     app.include_router(audio.router)
     app.include_router(realtime.router)
+    if settings.demo_page:
+        app.include_router(demo.router)
     # Last added = outermost: request context sees every response, admission's included;
     # CORS answers preflights before admission asks for a key.
     app.add_middleware(

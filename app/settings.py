@@ -125,6 +125,11 @@ class Settings(BaseSettings):
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Allowed CORS origins; empty disables CORS."
     )
+    demo_page: bool = Field(
+        True,
+        description="Serve the try-it page at `/` (record or upload a clip, see the transcript "
+        "and the layers): static files that call the /v1 routes like any other client.",
+    )
     log_level: str = Field("INFO", description="Root log level.")
     json_logs: bool = Field(True, description="JSON log lines with request ids.")
     warmup: bool = Field(True, description="Run a dummy batch before reporting ready.")

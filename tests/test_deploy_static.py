@@ -476,6 +476,11 @@ def test_gpu_base_and_cpu_overlay_differ_where_it_matters() -> None:
     assert one(_rendered("k8s/overlays/cpu"), "ConfigMap")["data"]["HLSTM_DEVICE"] == "cpu"
 
 
+@pytest.mark.parametrize("path", KUSTOMIZATIONS)
+def test_the_try_it_page_is_off_on_kubernetes(path: str) -> None:
+    assert one(_rendered(path), "ConfigMap")["data"]["HLSTM_DEMO_PAGE"] == "false"
+
+
 def test_model_volume_overlay_mounts_the_claim() -> None:
     docs = _rendered("k8s/overlays/model-volume")
     claim = one(docs, "PersistentVolumeClaim")["metadata"]["name"]
