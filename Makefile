@@ -10,10 +10,16 @@ APT_STAMP := .venv-apt-done
 APT_PACKAGES := espeak-ng sox libsox-fmt-all ffmpeg libsndfile1 festival flite festvox-kallpc16k \
 	festvox-kdlpc16k festvox-us-slt-hts fortunes wordnet-base bible-kjv bible-kjv-text prometheus docker-compose \
 	chromium chromium-driver
+# Only for `make test-image` (not part of `make setup`): podman with runc (crun refuses this kind
+# of kernel's hybrid cgroups), netavark + aardvark-dns for the compose network's names, mmdebstrap
+# for the local Debian 12 base. podman-compose comes from PyPI (the `image` extra): Debian 12's
+# 1.0.3 ignores compose profiles and network aliases.
+IMAGE_APT_PACKAGES := podman runc netavark aardvark-dns mmdebstrap
+IMAGE_STAMP := $(VENV)/.installed-image
 PORT ?= 8000
 MODEL_DIR ?= models/default
 
-.PHONY: setup setup-apt run test test-slow lint lint-deploy bench demo-model demo-publish clean
+.PHONY: setup setup-apt run test test-slow test-image lint lint-deploy bench demo-model demo-publish clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -39,6 +45,17 @@ test: setup
 
 test-slow: setup
 	$(VENV)/bin/pytest -q -m slow
+
+$(IMAGE_STAMP): pyproject.toml $(STAMP)
+	$(PIP) install -q -e '.[dev,synth,image]'
+	touch $(IMAGE_STAMP)
+
+# The CPU image built from docker/Dockerfile on a local Debian 12 base and run as users run it,
+# then docker/compose.yaml (CPU profile + Prometheus) under podman-compose (tests/test_image*.py,
+# docs/deployment.md). Prints the image size and build time.
+test-image: setup $(IMAGE_STAMP)
+	$(MAKE) setup-apt APT_PACKAGES="$(IMAGE_APT_PACKAGES)"
+	$(VENV)/bin/pytest -q -m image -rP tests/test_image.py tests/test_image_compose.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -23,6 +23,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 DOCKERFILE = REPO / "docker" / "Dockerfile"
+PROMETHEUS_DEBIAN = REPO / "docker" / "prometheus-debian" / "Dockerfile"
 COMPOSE = REPO / "docker" / "compose.yaml"
 PROMETHEUS_CONFIG = REPO / "docker" / "prometheus" / "prometheus.yml"
 DASHBOARD = REPO / "docker" / "grafana" / "dashboards" / "hubert-lstm.json"
@@ -157,7 +158,8 @@ def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
 
 def test_hadolint_passes() -> None:
     hadolint = require_tool("hadolint")
-    run_tool([hadolint, "--config", "docker/hadolint.yaml", str(DOCKERFILE.relative_to(REPO))])
+    for dockerfile in (DOCKERFILE, PROMETHEUS_DEBIAN):
+        run_tool([hadolint, "--config", "docker/hadolint.yaml", str(dockerfile.relative_to(REPO))])
 
 
 def _stages(text: str) -> dict[str, list[str]]:
@@ -176,20 +178,55 @@ def _stages(text: str) -> dict[str, list[str]]:
     return stages
 
 
+def _global_args(text: str) -> dict[str, str]:
+    """The build arguments declared before the first FROM, with their defaults."""
+    args: dict[str, str] = {}
+    for line in text.splitlines():
+        if line.startswith("FROM "):
+            break
+        if line.startswith("ARG "):
+            name, _, default = line[4:].partition("=")
+            args[name.strip()] = default.strip()
+    return args
+
+
+def test_dockerfile_outside_sources_are_build_args_with_public_defaults() -> None:
+    """Every image, the uv image, the Python source and the torch index are build arguments,
+    and their defaults are the public sources users build from."""
+    text = DOCKERFILE.read_text()
+    args = _global_args(text)
+    assert args["CUDA_BASE"].startswith("nvidia/cuda:") and "runtime" in args["CUDA_BASE"]
+    assert args["CPU_BASE"] == args["BUILDER_BASE"] == "ubuntu:24.04"
+    assert args["UV_IMAGE"].startswith("ghcr.io/astral-sh/uv:")
+    assert args["PYTHON_SOURCE"] == "uv" and args["VARIANT"] == "cuda"
+    assert args["TORCH_INDEX_URL"] == "https://download.pytorch.org/whl/cpu"
+    stage_names = set(_stages(text))
+    for lines in _stages(text).values():
+        image = lines[0].split()[1]
+        # An argument, or an earlier stage (possibly picked by an argument: builder-${VARIANT}).
+        local = image.split("${")[0]
+        assert image.startswith("${") or any(n.startswith(local) for n in stage_names), (
+            f"{lines[0]}: an outside image that is not a build argument"
+        )
+    # No package host is named outside the argument defaults.
+    body = "\n".join(ln for ln in text.splitlines() if not ln.startswith(("ARG ", "#")))
+    assert not re.findall(r"https?://(?!127\.0\.0\.1[:/])\S+", body)
+
+
 def test_dockerfile_variants_and_runtime_contract() -> None:
     stages = _stages(DOCKERFILE.read_text())
-    assert stages["runtime-cuda"][0].startswith("FROM nvidia/cuda:"), "CUDA runtime base"
-    assert "runtime" in stages["runtime-cuda"][0]
+    assert stages["runtime-cuda"][0] == "FROM ${CUDA_BASE} AS runtime-cuda"
+    assert stages["runtime-cpu"][0] == "FROM ${CPU_BASE} AS runtime-cpu"
     cpu_builder = " ".join(stages["builder-cpu"])
-    assert "https://download.pytorch.org/whl/cpu" in cpu_builder, "CPU torch from the CPU index"
-    assert "https://download.pytorch.org" not in " ".join(stages["builder-cuda"])
+    assert '--index-url "${TORCH_INDEX_URL}"' in cpu_builder, "CPU torch from the CPU index"
+    assert "TORCH_INDEX_URL" not in " ".join(stages["builder-cuda"])
 
     runtime = stages["runtime"]
     users = [line.split()[1] for line in runtime if line.startswith("USER ")]
     assert users and users[-1].split(":")[0] not in {"root", "0"}, "must run as non-root"
     health = [line for line in runtime if line.startswith("HEALTHCHECK")]
     assert len(health) == 1 and "/readyz" in health[0]
-    assert any(line.split()[1:] == ["models/default", "/models/default"] for line in runtime)
+    assert any(line.split()[1:] == ["models", "/models"] for line in runtime)
     assert any(line.startswith("COPY --from=builder /opt/venv") for line in runtime)
     assert "EXPOSE 8000" in runtime
     entry = next(line for line in runtime if line.startswith("ENTRYPOINT"))
@@ -214,8 +251,15 @@ def test_dockerignore_keeps_what_the_build_copies() -> None:
             if parts[0] == "COPY" and not parts[1].startswith("--from"):
                 sources.update(parts[1:-1])
     assert sources, "no COPY from the build context found"
-    missing = {s for s in sources if s.rstrip("/") not in allowed}
+    # A source is kept when it or something under it is allowed (models/ holds default/ and,
+    # when the checkout has one, streaming/).
+    missing = {
+        s
+        for s in sources
+        if not any(a == s.rstrip("/") or a.startswith(s.rstrip("/") + "/") for a in allowed)
+    }
     assert not missing, f"COPY sources excluded by .dockerignore: {missing}"
+    assert {"models/default", "models/streaming"} <= allowed
     assert not allowed & {".venv", "data", "runs", "cache"}
 
 
