@@ -176,5 +176,6 @@ $(S)/results: $(HEADS:%=$(S)/eval_ctc_%) $(FT_RUNS:%=$(S)/eval_%)
 
 publish: $(S)/results $(S)/export_default $(S)/export_streaming
 	cp $(OUT)/results.md $(PUBLISH_DOCS)/results.md
+	cp $(OUT)/results.json $(PUBLISH_DOCS)/results.json
 	for b in default streaming; do rm -rf $(PUBLISH_MODELS)/$$b && cp -r $(OUT)/bundles/$$b $(PUBLISH_MODELS)/$$b; done
 	@echo "published $(OUT)/results.md to $(PUBLISH_DOCS)/ and the bundles to $(PUBLISH_MODELS)/"
