@@ -73,9 +73,12 @@ def build_bundle(out_dir: Path, quick: bool) -> tuple[Path, dict[str, Any]]:
     if quick:
         path = build_tiny_bundle(out_dir / "tiny", causal=True, varied=True, name="tiny-causal")
         return path, {"kind": "tiny causal, random init (quick run)"}
-    demo = json.loads(
-        (Path(__file__).resolve().parents[1] / "models/default/config.json").read_text()
+    # the shipped streaming bundle's shapes (the default's on a checkout without one)
+    models = Path(__file__).resolve().parents[1] / "models"
+    shapes = (
+        models / "streaming" if (models / "streaming/config.json").is_file() else models / "default"
     )
+    demo = json.loads((shapes / "config.json").read_text())
     torch.manual_seed(0)
     student_cfg = {**demo["upstream"]["config"], **CAUSAL_STUDENT, "num_classes": 0}
     student = LSTMStudent(LSTMStudentConfig.from_dict(student_cfg))

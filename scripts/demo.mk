@@ -10,7 +10,7 @@
 #   -> frozen-upstream CTC heads (until dev CER stops improving) on every student, both
 #      teachers and fbank
 #   -> end-to-end CTC fine-tuning on FT_LOW_HOURS and on all training hours from random init,
-#      the better DKD student, the CE student and the feature student (same steps and data),
+#      the DKD student (FT_DKD, beta 4), the CE student and the feature student (same steps and data),
 #      and the causal student with a causal head
 #   -> WER/CER on dev and on test_unseen (neural and classic reserved voices apart)
 #   -> $(OUT)/results.{json,md} and $(OUT)/bundles/{default,streaming}.
@@ -126,10 +126,11 @@ $(HEADS:%=$(S)/ctc_%):
 	  --set checkpoint_every=$(CTC_EVAL_EVERY)
 
 # ---- end-to-end fine-tuning: the low-resource experiment and the shipped models
-# the DKD student to fine-tune: beta 1 or 4, whichever frozen head scored better on dev
-$(S)/pick_dkd: $(S)/eval_ctc_dkd_b1 $(S)/eval_ctc_dkd_b4
-	$(STAGE) $@ bash -c 'best=$$($(PY) scripts/demo_pick.py --runs $(OUT) ctc_dkd_b1 ctc_dkd_b4) && \
-	  ln -sfn distill_$${best#ctc_} $(OUT)/distill_dkd && echo "DKD student: $${best#ctc_}"'
+# the DKD student to fine-tune, fixed before the run (the paper's best beta) rather than picked
+# on dev: the fine-tuning chain then waits for one distillation, not for two frozen heads
+FT_DKD ?= dkd_b4
+$(S)/pick_dkd: $(S)/distill_$(FT_DKD)
+	$(STAGE) $@ bash -c 'ln -sfn distill_$(FT_DKD) $(OUT)/distill_dkd && echo "DKD student: $(FT_DKD)"'
 
 $(S)/ft_random_low $(S)/ft_random_all: UPSTREAM = random:configs/distill/demo_dkd_b1.yaml
 $(S)/ft_random_low $(S)/ft_random_all: $(S)/manifests
@@ -209,5 +210,6 @@ $(S)/results: $(HEADS:%=$(S)/eval_ctc_%) $(FT_RUNS:%=$(S)/eval_%)
 
 publish: $(S)/results $(S)/export_default $(S)/export_streaming
 	cp $(OUT)/results.md $(PUBLISH_DOCS)/results.md
+	cp $(OUT)/results.json $(PUBLISH_DOCS)/results.json
 	for b in default streaming; do rm -rf $(PUBLISH_MODELS)/$$b && cp -r $(OUT)/bundles/$$b $(PUBLISH_MODELS)/$$b; done
 	@echo "published $(OUT)/results.md to $(PUBLISH_DOCS)/ and the bundles to $(PUBLISH_MODELS)/"

@@ -263,7 +263,11 @@ def render_markdown(result: dict[str, Any]) -> str:
             acc = (it.get("eval") or {}).get("acc_masked")
             units = it.get("units", "-")
             if isinstance(units, dict):
-                units = ", ".join(f"{k} {v}" for k, v in units.items() if not isinstance(v, dict))
+                units = ", ".join(
+                    f"{k} {Path(v).name if k == 'teacher' else v}"
+                    for k, v in units.items()
+                    if not isinstance(v, dict)
+                )
             lines.append(
                 f"| {it.get('iteration')} | {units} | {it.get('step', '-')} | {_pct(acc)} |"
             )

@@ -179,11 +179,11 @@ def test_random_init_upstreams(data, tmp_path) -> None:
     """random:FACTORY and random:DISTILL_CONFIG.yaml build seeded students without a cluster
     head; the reference rebuilds the same weights, so a frozen random run exports too."""
     up, ref = load_upstream(f"random:{ROOT / 'configs' / 'distill' / 'demo_ce.yaml'}", seed=3)
-    assert ref["kind"] == "random" and ref["config"]["factory"] == "lstm_small"
+    assert ref["kind"] == "random" and ref["config"]["factory"] == "lstm_small_fast"
     assert up.config.num_classes == 0
     again, _ = load_upstream(ref)
     assert not _changed(up.state_dict(), again.state_dict())
-    other, _ = load_upstream("random:lstm_small", seed=4)
+    other, _ = load_upstream("random:lstm_small_fast", seed=4)
     assert _changed(up.state_dict(), other.state_dict())
     with pytest.raises(ValueError, match="unknown student factory"):
         load_upstream("random:lstm_huge")

@@ -250,3 +250,28 @@ def test_fp16_weights_halve_the_file_load_as_float32_and_measure_the_change(
     torch.testing.assert_close(lp_half, lp_full, atol=2e-2, rtol=0)  # ... and stay close
     with pytest.raises(ValueError, match="weights_dtype"):
         export_run(student_run, tmp_path / "bf", weights_dtype="bfloat16")
+
+
+def test_fp16_rounding_leaves_rebuilt_buffers_exact() -> None:
+    """Only the stored weights go through float16: the log-mel front-end's window and
+    filterbank are rebuilt in float32 at load, so rounding them would make the exported
+    bundle's verification (an exact comparison) fail for every log-mel student."""
+    from model_training.models.student import lstm_student_tiny
+    from model_training.testing import TINY_LOGMEL
+    from model_training.training.export import fp16_rounded
+
+    model = lstm_student_tiny(frontend="logmel", logmel=dict(TINY_LOGMEL)).eval()
+    stored = model.state_dict()
+    rebuilt = {n: b for n, b in model.named_buffers() if n not in stored}
+    assert rebuilt  # the front-end has non-persistent float buffers
+    rounded = fp16_rounded(model)
+    rounded_buffers = dict(rounded.named_buffers())
+    for name, buf in rebuilt.items():
+        assert torch.equal(rounded_buffers[name], buf), name
+    for name, t in rounded.state_dict().items():
+        if t.is_floating_point():
+            assert torch.equal(t, t.half().float()), name
+    assert any(
+        t.is_floating_point() and not torch.equal(t, rounded.state_dict()[n])
+        for n, t in stored.items()
+    )

@@ -30,6 +30,10 @@ TINY = {
     "DISTILL_STEPS": "6",
     "CTC_HOURS": "0.02",
     "CTC_STEPS": "6",
+    "CTC_EVAL_EVERY": "3",
+    "FT_LOW_HOURS": "0.01",
+    "FT_STEPS": "6",
+    "FT_EVAL_EVERY": "3",
     "SYNTH_WORKERS": "1",
 }
 
@@ -54,7 +58,10 @@ async def test_tiny_pipeline_into_a_temp_folder_then_serve_its_bundle(tmp_path: 
 
     results = json.loads((out / "results.json").read_text())
     names = {r["name"] for r in results["rows"]}
-    assert {"fbank", "teacher", "ce", "kd", "dkd_b1", "dkd_b4", "feature"} <= names
+    students = {"ce", "kd", "dkd_b1", "dkd_b4", "feature", "causal_dkd", "dkd_cnn"}
+    assert {"fbank", "teacher1", "teacher2", *students} == names
+    assert not results["pending"]  # every row of the table and every fine-tuning run finished
+    assert len(results["finetuned_rows"]) == 9 and len(results["teacher_iterations"]) == 2
     assert (out / "results.md").is_file() and _tracked_state(["docs", "models"]) == before
     for bundle in ("default", "streaming"):
         config = json.loads((out / "bundles" / bundle / "config.json").read_text())

@@ -328,10 +328,14 @@ def export_run(
 
 
 def fp16_rounded(model: nn.Module) -> nn.Module:
-    """A copy of `model` whose floating-point weights went through float16 and back."""
+    """A copy of `model` whose stored floating-point weights went through float16 and back.
+
+    Only the state dict is rounded: non-persistent buffers (the log-mel front-end's window and
+    filterbank) are rebuilt in float32 at load, so they stay exact here too.
+    """
     rounded = copy.deepcopy(model)
     with torch.no_grad():
-        for t in [*rounded.parameters(), *rounded.buffers()]:
+        for t in rounded.state_dict().values():
             if t.is_floating_point():
                 t.copy_(t.half().float())
     return rounded.eval()
