@@ -262,7 +262,8 @@ def test_microphone_streams_over_realtime_and_the_page_shows_the_service_transcr
     speech_seconds = sf.info(speech_wav).duration
 
     driver.find_element("id", "record").click()
-    wait_for(driver, lambda d: page_state(d) == "recording", "recording to start")
+    wait_for(driver, lambda d: page_state(d) in ("recording", "error"), "recording to start")
+    assert page_state(driver) == "recording", page_report(driver)
     # Deltas arrive while the microphone is still open.
     live = wait_for(driver, lambda d: text_of(d, "partial"), "a live delta")
     wait_for(
