@@ -95,8 +95,8 @@ def compare_speed(
     return {
         "audio_seconds": round(audio, 3),
         "repeats": repeats,
-        "fp32_seconds": round(m32, 4),
-        "int8_seconds": round(m8, 4),
+        "fp32_seconds": round(m32, 6),
+        "int8_seconds": round(m8, 6),
         "fp32_rtf": round(m32 / audio, 5),
         "int8_rtf": round(m8 / audio, 5),
         "speedup": round(m32 / m8, 3),
