@@ -185,6 +185,7 @@
       el.model.replaceChildren(new Option("(no models)", ""));
       updateControls();
       reportError(err, "model list");
+      setState("error");
       return;
     }
     const previous = el.model.value;
