@@ -92,10 +92,11 @@ ORIGINS = {
     " with a causal CTC head",
 }
 # The upstream's architecture by init (configs/distill/demo_*.yaml; random = demo_dkd_b1's student)
+_LSTM = "A bidirectional LSTM student (log-mel front-end, 3 BiLSTM x 256) with a CTC head"
 ARCHITECTURES = {
-    "random": "A bidirectional LSTM student (log-mel front-end, 3 BiLSTM x 256) with a CTC head",
-    "dkd": "A bidirectional LSTM student (log-mel front-end, 3 BiLSTM x 256) with a CTC head",
-    "ce": "A bidirectional LSTM student (log-mel front-end, 3 BiLSTM x 256) with a CTC head",
+    "random": _LSTM,
+    "dkd": _LSTM,
+    "ce": _LSTM,
     "feature": "A DistilHuBERT-style student (128-channel CNN, 2 Transformer layers x 384) with"
     " a CTC head",
     "causal": "A causal LSTM student (layer-norm 128-channel CNN, 3 unidirectional LSTM x 256)"
