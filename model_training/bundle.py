@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -90,6 +91,15 @@ def strip_for_inference(upstream: nn.Module) -> tuple[str, dict[str, Any], nn.Mo
     return type_name, config, slim
 
 
+def _chmod_like_new_file(path: Path) -> None:
+    """Give `path` the mode any new file gets (0644 under umask 022): safetensors' save_file
+    creates files 0600 whatever the umask, and a bundle copied into an image or a volume must
+    stay readable by the service's non-root user (the image runs as uid 10001)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    path.chmod(0o666 & ~umask)
+
+
 def save_bundle(
     out_dir: str | Path,
     upstream: nn.Module,
@@ -135,6 +145,7 @@ def save_bundle(
         for k, v in tensors.items()
     }
     save_file(tensors, str(out / WEIGHTS_FILE), metadata={"format": BUNDLE_FORMAT})
+    _chmod_like_new_file(out / WEIGHTS_FILE)
     config = {
         "format": BUNDLE_FORMAT,
         "format_version": BUNDLE_VERSION,

@@ -1,5 +1,7 @@
 import json
 import math
+import os
+import stat
 
 import pytest
 import torch
@@ -111,6 +113,18 @@ def test_bundle_round_trip_identical_outputs(tmp_path, rng: torch.Generator) -> 
     torch.testing.assert_close(lp, ref_lp, atol=0, rtol=0)
     for a, b in zip(out.hidden_states, ref_out.hidden_states, strict=True):
         torch.testing.assert_close(a, b, atol=0, rtol=0)
+
+
+def test_bundle_files_readable_by_other_users(tmp_path) -> None:
+    """The image runs the service as uid 10001 on bundles exported by another user: every
+    file gets the mode the umask gives new files (safetensors alone writes 0600)."""
+    old = os.umask(0o022)
+    try:
+        path = build_tiny_bundle(tmp_path / "b")
+    finally:
+        os.umask(old)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in path.iterdir()}
+    assert modes == dict.fromkeys(["README.md", "config.json", "model.safetensors"], 0o644)
 
 
 def test_upstream_only_bundle_and_bad_bundles(tmp_path) -> None:
