@@ -60,8 +60,12 @@ BEHIND_S = 1.0
 # --- bundle -------------------------------------------------------------------------------
 
 
-def build_bundle(out_dir: Path, quick: bool) -> tuple[Path, dict[str, Any]]:
-    """The causal bundle the servers load (see module docstring); returns (dir, facts)."""
+def build_bundle(
+    out_dir: Path, quick: bool, shapes: Path | None = None
+) -> tuple[Path, dict[str, Any]]:
+    """The causal bundle the servers load (see module docstring): the shapes of the bundle
+    in `shapes` (default: the shipped streaming bundle, else the default one) made causal,
+    random weights; returns (dir, facts)."""
     import torch
 
     from model_training.bundle import save_bundle
@@ -75,9 +79,9 @@ def build_bundle(out_dir: Path, quick: bool) -> tuple[Path, dict[str, Any]]:
         return path, {"kind": "tiny causal, random init (quick run)"}
     # the shipped streaming bundle's shapes (the default's on a checkout without one)
     models = Path(__file__).resolve().parents[1] / "models"
-    shapes = (
-        models / "streaming" if (models / "streaming/config.json").is_file() else models / "default"
-    )
+    if shapes is None:
+        streaming = models / "streaming"
+        shapes = streaming if (streaming / "config.json").is_file() else models / "default"
     demo = json.loads((shapes / "config.json").read_text())
     torch.manual_seed(0)
     student_cfg = {**demo["upstream"]["config"], **CAUSAL_STUDENT, "num_classes": 0}
@@ -99,6 +103,7 @@ def build_bundle(out_dir: Path, quick: bool) -> tuple[Path, dict[str, Any]]:
     )
     return path, {
         "kind": "demo shapes, causal, random init",
+        "shapes_from": str(shapes),
         "student": student_cfg,
         "head": head.config.to_dict(),
         "parameters": params,
@@ -366,6 +371,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=7, help="model part: timed repeats")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "streaming_load.json")
     parser.add_argument("--quick", action="store_true", help="tiny model, N=1,2, 2 s")
+    parser.add_argument(
+        "--shapes",
+        type=Path,
+        default=None,
+        help="bundle whose shapes to use (default: models/streaming, else models/default)",
+    )
     args = parser.parse_args(argv)
     setup_logging()
     if args.quick:
@@ -377,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
     model_rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
-        bundle_dir, bundle_facts = build_bundle(Path(tmp), args.quick)
+        bundle_dir, bundle_facts = build_bundle(Path(tmp), args.quick, args.shapes)
         if "service" in parts:
             rows = run_service(bundle_dir, levels, args, Path(tmp))
         if "model" in parts:

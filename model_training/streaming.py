@@ -4,11 +4,12 @@ A causal bundle (unidirectional LSTM student with a streamable front-end, option
 unidirectional CTC head) never looks at later audio, so a stream can be advanced chunk by
 chunk and give the very frames, log-probs and transcript of one offline pass:
 
-- front-end: frame t reads samples [t * hop, t * hop + receptive_field) only. A stream keeps
-  the samples from its next frame's start on (at most receptive_field + hop - 1 of them
-  between steps) and runs the front-end on exactly the window of the frames it can finish.
-  Only (receptive field, hop) and `streamable` are asked of the front-end, so another
-  front-end with that contract plugs in.
+- front-end: frame t reads samples [t * hop - left_context, t * hop + receptive_field) only
+  (left_context = 0 for the layer-norm CNN, 640 for the log-mel front-end; zeros before the
+  stream's start). A stream keeps the samples from its next frame's start minus left_context
+  on and runs the front-end (`pad_left=False`) on exactly the window of the frames it can
+  finish. Only (receptive field, hop, left context) and `streamable` are asked of the
+  front-end, so another front-end with that contract plugs in.
 - LSTMs: `(h, c)` per layer is carried from step to step (`models/rnn.run_lstm_from`).
 - CTC: greedy decoding continues frame by frame (`decoding.GreedyCTCDecoder`): text is
   appended, never rewritten.
@@ -151,6 +152,7 @@ class StreamingModel:
         front = self.upstream.feature_extractor
         self.receptive_field = int(front.receptive_field)
         self.hop = int(front.hop_length)
+        self.left_context = int(getattr(front, "left_context", 0))
         self.max_frames_per_step = max_frames_per_step
         self.frame_seconds = 1.0 / bundle.frame_rate
         self.device = next(self.upstream.parameters()).device
@@ -168,11 +170,13 @@ class StreamingModel:
             head_state = zeros(self.head.lstm.num_layers, self.head.lstm.hidden_size)
             assert self.bundle.vocab is not None
             decoder = GreedyCTCDecoder(self.bundle.vocab, self.frame_seconds)
-        return StreamState(lstm_states, head_state, decoder, self.device)
+        state = StreamState(lstm_states, head_state, decoder, self.device)
+        state.samples = torch.zeros(self.left_context, device=self.device)  # before the start
+        return state
 
     def ready_frames(self, state: StreamState) -> int:
         """Frames the stream's pending samples complete (before the per-step cap)."""
-        n = state.samples.numel()
+        n = state.samples.numel() - self.left_context
         return 0 if n < self.receptive_field else (n - self.receptive_field) // self.hop + 1
 
     def step(
@@ -214,7 +218,7 @@ class StreamingModel:
         batch = [states[i] for i in active]
         n_new = [counts[i] for i in active]
         waves, energy = self._windows(batch, n_new)
-        x, _ = self.upstream.frames(waves)  # (A, T, P), T = max(n_new)
+        x, _ = self.upstream.frames(waves, pad_left=False)  # (A, T, P), T = max(n_new)
         hidden = [x]
         for layer, lstm in enumerate(self.upstream.lstms):
             stacked = _stack([s.lstm_states[layer] for s in batch])
@@ -247,12 +251,14 @@ class StreamingModel:
         return results
 
     def _windows(self, batch: list[StreamState], n_new: list[int]) -> tuple[Tensor, Tensor]:
-        """The samples the new frames read, zero-padded: (A, S) and each frame's level (A, T)."""
-        lengths = [self.receptive_field + (n - 1) * self.hop for n in n_new]
+        """The samples the new frames read (left context included), zero-padded: (A, S), and
+        the level of each frame's receptive field (A, T)."""
+        ctx = self.left_context
+        lengths = [ctx + self.receptive_field + (n - 1) * self.hop for n in n_new]
         waves = torch.zeros(len(batch), max(lengths), device=self.device)
         for row, (s, length) in enumerate(zip(batch, lengths, strict=True)):
             waves[row, :length] = s.samples[:length]
-        frames = waves.unfold(1, self.receptive_field, self.hop)  # (A, T, RF)
+        frames = waves[:, ctx:].unfold(1, self.receptive_field, self.hop)  # (A, T, RF)
         energy = 10.0 * torch.log10(frames.pow(2).mean(dim=-1).clamp_min(1e-10))
         return waves, energy.cpu()
 

@@ -66,6 +66,18 @@ def test_export_then_load_gives_identical_outputs(student_run: Path, tmp_path) -
     )
 
 
+@pytest.mark.parametrize("causal", [False, True])
+def test_model_card_names_the_head_direction(tmp_path, causal: bool) -> None:
+    upstream_dir = build_tiny_bundle(tmp_path / "student", with_ctc=False, causal=causal)
+    upstream, ref = load_upstream(upstream_dir)
+    head = tiny_ctc_head(upstream.hidden_dims, causal=causal)
+    save_head(tmp_path / "run" / "best", head, VOCAB, ref, {"step": 1})
+    export_run(tmp_path / "run", tmp_path / "bundle")
+    card = (tmp_path / "bundle" / "README.md").read_text()
+    assert ("BiLSTM" in card) is not causal
+    assert ("unidirectional (causal) LSTM" in card) is causal
+
+
 def test_int8_export_measures_and_decodes(student_run: Path, manifest: Path, tmp_path) -> None:
     out = tmp_path / "int8"
     export_run(student_run, out, quantize="int8", eval_manifest=manifest, repeats=2)

@@ -18,11 +18,14 @@ from model_training.text import CharVocab
 ATOL = 1e-5
 
 
-@pytest.fixture(scope="module")
-def causal_bundle(tmp_path_factory: pytest.TempPathFactory) -> Bundle:
-    """A tiny random causal bundle whose transcripts have words."""
+@pytest.fixture(scope="module", params=["cnn", "logmel"])
+def causal_bundle(tmp_path_factory: pytest.TempPathFactory, request) -> Bundle:
+    """A tiny random causal bundle whose transcripts have words, on each front-end (the
+    layer-norm CNN reads no samples before its frame; log-mel reads 640 more)."""
     path = tmp_path_factory.mktemp("b") / "causal"
-    return load_bundle(build_tiny_bundle(path, seed=3, causal=True, varied=True))
+    return load_bundle(
+        build_tiny_bundle(path, seed=3, causal=True, varied=True, frontend=request.param)
+    )
 
 
 signal = test_signal

@@ -203,12 +203,23 @@ class ConvFeatureExtractor(nn.Module):
             hop *= stride
         return hop
 
+    @property
+    def left_context(self) -> int:
+        """Samples before t * hop that frame t reads: none (the streaming contract, see
+        `frontend.LogMelFrontend.left_context`)."""
+        return 0
+
     def output_lengths(self, lengths: Tensor) -> Tensor:
         """(B,) samples -> (B,) frames."""
         return conv_output_lengths(lengths, self.specs)
 
-    def forward(self, waveforms: Tensor, lengths: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def forward(
+        self, waveforms: Tensor, lengths: Tensor | None = None, *, pad_left: bool = True
+    ) -> tuple[Tensor, Tensor]:
         """waveforms: (B, S) float; lengths: (B,) long valid samples (None = all S).
+
+        pad_left: accepted for the front-ends' common interface; without left context there
+        is nothing to pad.
 
         Returns:
             features: (B, T, C_last), zeros at padded frames.

@@ -161,6 +161,11 @@ class LogMelFrontend(nn.Module):
         return self.config.win_length
 
     @property
+    def streamable(self) -> bool:
+        """Always: no per-utterance statistic, frame t reads samples before 320 t + 400 only."""
+        return True
+
+    @property
     def left_context(self) -> int:
         """Samples before 320 t that frame t reads (zeros before the start of the input)."""
         field_ = 1

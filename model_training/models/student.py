@@ -166,9 +166,14 @@ class LSTMStudent(nn.Module):
             getattr(self.feature_extractor, "streamable", False)
         )
 
-    def frames(self, waveforms: Tensor, lengths: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """The front-end: hidden state 0 (B, T, proj_dim), zeros at padding, and (B,) frames."""
-        feats, frame_lengths = self.feature_extractor(waveforms, lengths)
+    def frames(
+        self, waveforms: Tensor, lengths: Tensor | None = None, *, pad_left: bool = True
+    ) -> tuple[Tensor, Tensor]:
+        """The front-end: hidden state 0 (B, T, proj_dim), zeros at padding, and (B,) frames.
+
+        pad_left=False: the input starts with the front-end's `left_context` samples of history
+        (a stream's tail) instead of the zeros an utterance starts with."""
+        feats, frame_lengths = self.feature_extractor(waveforms, lengths, pad_left=pad_left)
         mask = length_mask(frame_lengths, feats.shape[1]).unsqueeze(-1)
         return self.projection(self.feature_norm(feats)) * mask, frame_lengths
 

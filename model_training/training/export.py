@@ -137,8 +137,8 @@ def model_card(name: str, config_facts: dict[str, Any], provenance: dict[str, An
         f"# {name}",
         "",
         "A speech recognizer bundle of hubert-lstm: an upstream with a SUPERB-style CTC "
-        "head (weighted layer sum -> Linear -> BiLSTM -> 28 characters + blank), greedy "
-        "decoding without a language model.",
+        f"head (weighted layer sum -> Linear -> {config_facts['head_lstm']} -> 28 characters "
+        "+ blank), greedy decoding without a language model.",
         "",
         "## Model",
         "",
@@ -170,7 +170,7 @@ def model_card(name: str, config_facts: dict[str, Any], provenance: dict[str, An
             "",
             f"Manifest `{ev['manifest']}`: {ev['fp32']['utterances']} utterances, "
             f"{ev['fp32']['audio_seconds']:.1f} s of audio; greedy decoding; CPU, "
-            f"{ev['fp32']['threads']} threads.",
+            f"{ev['fp32']['threads']} thread{'s' if ev['fp32']['threads'] != 1 else ''}.",
             "",
             "| weights | WER | CER | real-time factor |",
             "|---|---|---|---|",
@@ -301,13 +301,16 @@ def export_run(
     up_params = sum(p.numel() for p in upstream.parameters())
     head_params = sum(p.numel() for p in head.parameters())
     c = head.config
+    # a causal head (streaming bundles) is unidirectional
+    head_lstm = "BiLSTM" if c.bidirectional else "unidirectional (causal) LSTM"
     facts = {
         "upstream_type": type_name,
         "parameters": up_params + head_params,
         "upstream_parameters": up_params,
         "head_parameters": head_params,
         "head_summary": f"layers {c.layer_indices}, Linear {c.input_dim}->{c.proj_dim}, "
-        f"{c.lstm_layers}-layer BiLSTM {c.lstm_hidden}, {c.vocab_size} outputs",
+        f"{c.lstm_layers}-layer {head_lstm} {c.lstm_hidden}, {c.vocab_size} outputs",
+        "head_lstm": head_lstm,
         "sample_rate": model.sample_rate,
         "frame_rate": model.frame_rate,
     }
