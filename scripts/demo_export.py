@@ -91,17 +91,33 @@ ORIGINS = {
     "causal": "distilled from the mini HuBERT teacher with CE + DKD, then fine-tuned end to end"
     " with a causal CTC head",
 }
-# The upstream's architecture by init (configs/distill/demo_*.yaml; random = demo_dkd_b1's student)
-_LSTM = "A bidirectional LSTM student (log-mel front-end, 3 BiLSTM x 256) with a CTC head"
-ARCHITECTURES = {
-    "random": _LSTM,
-    "dkd": _LSTM,
-    "ce": _LSTM,
-    "feature": "A DistilHuBERT-style student (128-channel CNN, 2 Transformer layers x 384) with"
-    " a CTC head",
-    "causal": "A causal LSTM student (layer-norm 128-channel CNN, 3 unidirectional LSTM x 256)"
-    " with a causal CTC head, for streaming",
-}
+# a DistilHuBERT-style student's words; LSTM students are described from their config
+DISTILHUBERT_SENTENCE = (
+    "A DistilHuBERT-style student (128-channel CNN, 2 Transformer layers x 384) with a CTC head"
+)
+
+
+def architecture_sentence(config: dict[str, Any], causal_head: bool) -> str:
+    """The card's first words from the bundle's config.json: front-end, LSTMs, head."""
+    upstream = config["upstream"]
+    if upstream["type"] != "lstm_student":
+        return DISTILHUBERT_SENTENCE
+    c = upstream["config"]
+    if c.get("frontend") == "logmel":
+        front = "log-mel front-end"
+    else:
+        norm = "layer-norm " if c.get("conv_norm") == "layer" else ""
+        front = f"{norm}{c['conv_layers'][0][0]}-channel CNN"
+    causal = not c["bidirectional"]
+    lstm = "unidirectional LSTM" if causal else "BiLSTM"
+    kind = "causal" if causal else "bidirectional"
+    head = "a causal CTC head, for streaming" if causal_head else "a CTC head"
+    return (
+        f"A {kind} LSTM student ({front}, {c['num_layers']} {lstm} x {c['hidden_size']}) "
+        f"with {head}"
+    )
+
+
 TEACHER = (
     "Its teacher is a *mini HuBERT that this project pretrained itself* (two HuBERT iterations) on"
     " the same corpus."
@@ -154,7 +170,8 @@ def main() -> None:
     fp16 = provenance.get("fp16_weights", {})
     card = CARD.format(
         name=args.name,
-        description=args.description or ARCHITECTURES.get(init, "A student with a CTC head"),
+        description=args.description
+        or architecture_sentence(config, causal_head=not config["head"]["bidirectional"]),
         origin=ORIGINS.get(init, best),
         teacher=NO_TEACHER if init == "random" else TEACHER,
         upstream_m=sum(p.numel() for p in load_bundle(args.out).upstream.parameters()) / 1e6,

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 from model_training.data.manifest import read_manifest
 from model_training.training.evaluate import load_recognizer
@@ -72,14 +73,20 @@ def _manifest_hours(path: Path) -> float | None:
 
 
 def finetuned_description(runs: Path, run: str) -> str:
-    """ "DKD student (dkd_b4), all 12.0 h" for ft_dkd_all, from the run folders themselves."""
+    """ "DKD student (dkd_b4), all 12.0 h" for ft_dkd_all, from the run folders themselves;
+    a run trained longer than the others (ft_dkd_all_long) names its steps."""
     _, init, data = run.split("_", 2)
+    data, _, longer = data.partition("_")
     text = FT_INITS.get(init, init)
     link = runs / f"distill_{init}"
     if init == "dkd" and link.is_symlink():
         text += f" ({Path(link.readlink()).name.removeprefix('distill_')})"
     hours = _manifest_hours(runs / "manifests" / f"ft_{data}.tsv")
-    return f"{text}, {data}" + ("" if hours is None else f" {hours:.1f} h")
+    text = f"{text}, {data}" + ("" if hours is None else f" {hours:.1f} h")
+    config = runs / run / "config.yaml"
+    if longer and config.is_file():
+        text += f", {yaml.safe_load(config.read_text())['max_steps']} steps"
+    return text
 
 
 def teacher_accuracy(runs: Path) -> list[dict[str, Any]]:
@@ -244,7 +251,8 @@ def render_markdown(result: dict[str, Any]) -> str:
             "",
             "The whole model (upstream unfrozen at a tenth of the head's learning rate, frozen "
             "for the first tenth of the steps) fine-tuned with CTC from each starting point, "
-            "with the same steps and data for each.",
+            "with the same steps and data for each (except a row that names its steps: the "
+            "same run as its namesake, only longer, a candidate for the shipped default).",
             "",
             *_table(result["finetuned_rows"], speed=False),
         ]

@@ -61,7 +61,8 @@ async def test_tiny_pipeline_into_a_temp_folder_then_serve_its_bundle(tmp_path: 
     students = {"ce", "kd", "dkd_b1", "dkd_b4", "feature", "causal_dkd", "dkd_cnn"}
     assert {"fbank", "teacher1", "teacher2", *students} == names
     assert not results["pending"]  # every row of the table and every fine-tuning run finished
-    assert len(results["finetuned_rows"]) == 9 and len(results["teacher_iterations"]) == 2
+    # 4 starting points x 2 data sizes, the causal run, the DKD run trained FT_LONG_STEPS
+    assert len(results["finetuned_rows"]) == 10 and len(results["teacher_iterations"]) == 2
     assert (out / "results.md").is_file() and _tracked_state(["docs", "models"]) == before
     for bundle in ("default", "streaming"):
         config = json.loads((out / "bundles" / bundle / "config.json").read_text())

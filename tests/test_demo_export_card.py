@@ -1,0 +1,41 @@
+"""The demo model card's architecture sentence comes from the bundle's config, not the run name."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def sentence(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.syspath_prepend(str(ROOT / "scripts"))
+    from demo_export import architecture_sentence
+
+    return architecture_sentence
+
+
+def _config(name: str) -> dict:
+    return json.loads((ROOT / "models" / name / "config.json").read_text())
+
+
+def test_shipped_bundles_are_described_as_built(sentence) -> None:
+    default, streaming = _config("default"), _config("streaming")
+    assert sentence(default, causal_head=False) == (
+        "A bidirectional LSTM student (log-mel front-end, 3 BiLSTM x 256) with a CTC head"
+    )
+    assert sentence(streaming, causal_head=True) == (
+        "A causal LSTM student (log-mel front-end, 3 unidirectional LSTM x 256) with a causal "
+        "CTC head, for streaming"
+    )
+
+
+def test_cnn_front_end_names_its_width_and_norm(sentence) -> None:
+    config = copy.deepcopy(_config("streaming"))
+    up = config["upstream"]["config"]
+    up.update(frontend="cnn", conv_norm="layer", conv_layers=[[128, 10, 5]])
+    assert "(layer-norm 128-channel CNN, 3 unidirectional LSTM x 256)" in sentence(config, True)
