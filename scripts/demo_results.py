@@ -83,9 +83,12 @@ def finetuned_description(runs: Path, run: str) -> str:
         text += f" ({Path(link.readlink()).name.removeprefix('distill_')})"
     hours = _manifest_hours(runs / "manifests" / f"ft_{data}.tsv")
     text = f"{text}, {data}" + ("" if hours is None else f" {hours:.1f} h")
-    config = runs / run / "config.yaml"
+    config, metrics = runs / run / "config.yaml", runs / run / "metrics.json"
     if longer and config.is_file():
-        text += f", {yaml.safe_load(config.read_text())['max_steps']} steps"
+        planned = yaml.safe_load(config.read_text())["max_steps"]
+        done = json.loads(metrics.read_text()).get("step") if metrics.is_file() else None
+        stopped = done is not None and done < planned
+        text += f", stopped at step {done} of {planned}" if stopped else f", {planned} steps"
     return text
 
 
