@@ -31,7 +31,7 @@ ROWS: dict[str, str] = {
     "dkd_b4": "LSTM student (log-mel front-end), CE + DKD (beta 4)",
     "dkd_cnn": "LSTM student (CNN front-end copied from the teacher), CE + DKD (beta 4)",
     "feature": "DistilHuBERT-style student (feature loss)",
-    "causal_dkd": "causal LSTM student (unidirectional, layer-norm CNN), CE + DKD (beta 1)",
+    "causal_dkd": "causal LSTM student (unidirectional, log-mel front-end), CE + DKD (beta 1)",
 }
 TEST_SPLITS = ("test_neural", "test_classic")
 
