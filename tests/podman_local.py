@@ -25,6 +25,8 @@ DOCKERFILE = REPO / "docker" / "Dockerfile"
 BASE_IMAGE = "localhost/debian:12"
 # The CPU service image the tests build (HLSTM_TAG=test in docker/compose.yaml names it).
 SERVICE_IMAGE = "localhost/hubert-lstm:test-cpu"
+# Its dependency stage, tagged so that pruning keeps it as the layer cache.
+SERVICE_DEPS_IMAGE = "localhost/hubert-lstm:test-cpu-deps"
 CONTAINERS_CONF = """\
 [containers]
 default_ulimits = []
@@ -165,9 +167,11 @@ class Podman:
         extra: list[str] | None = None,
         context: Path = REPO,
         timeout: float = 3600,
+        target: str | None = None,
     ) -> tuple[subprocess.CompletedProcess[str], float]:
-        """`podman build` in the docker format (OCI images drop HEALTHCHECK) with host
-        networking for apt; returns the process (not checked) and its wall time."""
+        """`podman build` (of the stage `target` when given) in the docker format (OCI images
+        drop HEALTHCHECK) with host networking for apt; returns the process (not checked) and
+        its wall time."""
         args = [
             "build",
             "--format",
@@ -181,6 +185,8 @@ class Podman:
             "-t",
             tag,
         ]
+        if target:
+            args += ["--target", target]
         for key, value in build_args.items():
             args += ["--build-arg", f"{key}={value}"]
         start = time.monotonic()
@@ -205,6 +211,17 @@ class Podman:
         return str(health.get("Status", ""))
 
 
+def disk_free_summary() -> str:
+    """Free space where podman writes during a build: a cold build of the CPU image needs
+    about 20 GB between its layers and the copy buffer (docs/deployment.md)."""
+    places = {"layers": Path("/var/lib/containers"), "copy buffer": Path("/var/tmp")}
+    parts = []
+    for name, path in places.items():
+        if path.exists():
+            parts.append(f"{name} {path}: {shutil.disk_usage(path).free / 1e9:.1f} GB free")
+    return "; ".join(parts)
+
+
 @dataclass
 class BuiltImage:
     tag: str
@@ -217,8 +234,20 @@ def build_service_image(podman: Podman) -> BuiltImage:
     settings (layers cached by podman between runs), fail with the log's tail, and measure it;
     the numbers also go to `image-report.json` in podman's workdir."""
     extra = pip_build_options(pip_settings())
-    proc, seconds = podman.build(SERVICE_IMAGE, DOCKERFILE, LOCAL_BUILD_ARGS, extra=extra)
-    assert proc.returncode == 0, f"image build failed:\n{(proc.stdout + proc.stderr)[-6000:]}"
+    # The dependency stage first, under a tag of its own: untagged stages are what `image
+    # prune` removes, and this one (the multi-GB venv) is the cache worth keeping.
+    seconds = 0.0
+    for tag, target in ((SERVICE_DEPS_IMAGE, "deps"), (SERVICE_IMAGE, None)):
+        proc, took = podman.build(tag, DOCKERFILE, LOCAL_BUILD_ARGS, extra=extra, target=target)
+        seconds += took
+        if proc.returncode != 0:
+            break
+    # Images these builds replaced, and a failed build's layers, are left untagged: drop them
+    # so repeated builds (code edits, CI on a reused machine) do not pile up on the disk.
+    podman.run("image", "prune", "--force", check=False, timeout=600)
+    assert proc.returncode == 0, (
+        f"image build failed ({disk_free_summary()}):\n{(proc.stdout + proc.stderr)[-6000:]}"
+    )
     size = int(podman.inspect(SERVICE_IMAGE, kind="image")["Size"])
     report = {"image": SERVICE_IMAGE, "size_bytes": size, "build_seconds": round(seconds, 1)}
     (podman.workdir / "image-report.json").write_text(json.dumps(report))

@@ -227,7 +227,27 @@ def test_dockerfile_variants_and_runtime_contract() -> None:
     health = [line for line in runtime if line.startswith("HEALTHCHECK")]
     assert len(health) == 1 and "/readyz" in health[0]
     assert any(line.split()[1:] == ["models", "/models"] for line in runtime)
-    assert any(line.startswith("COPY --from=builder /opt/venv") for line in runtime)
+    # The venv comes from the dependency stages, the project in a layer of its own after it.
+    copies = [line for line in runtime if line.startswith("COPY --from=")]
+    assert copies.index("COPY --from=deps /opt/venv /opt/venv") < copies.index(
+        "COPY --from=builder /opt/project/ /"
+    )
+    # ... and those stages take nothing from the context but pyproject.toml, so README and code
+    # edits leave the multi-GB venv layer cached.
+    for name in (
+        "python-uv",
+        "python-system",
+        "builder-base",
+        "builder-cpu",
+        "builder-cuda",
+        "deps",
+    ):
+        context_copies = [
+            line.split()[1:-1]
+            for line in stages[name]
+            if line.startswith(("COPY ", "ADD ")) and "--from=" not in line
+        ]
+        assert all(srcs == ["pyproject.toml"] for srcs in context_copies), (name, context_copies)
     assert "EXPOSE 8000" in runtime
     entry = next(line for line in runtime if line.startswith("ENTRYPOINT"))
     cmd = next(line for line in runtime if line.startswith("CMD"))
