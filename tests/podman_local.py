@@ -213,7 +213,7 @@ class Podman:
 
 def disk_free_summary() -> str:
     """Free space where podman writes during a build: a cold build of the CPU image needs
-    about 20 GB between its layers and the copy buffer (docs/deployment.md)."""
+    about 35 GB at its peak between its layers and the copy buffer (docs/deployment.md)."""
     places = {"layers": Path("/var/lib/containers"), "copy buffer": Path("/var/tmp")}
     parts = []
     for name, path in places.items():
