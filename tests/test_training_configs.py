@@ -37,3 +37,12 @@ def test_teacher_demo_config_matches_student_conv_layout() -> None:
     hc = cfg.hubert_config()
     layout = list(zip(hc.conv_dim, hc.conv_kernel, hc.conv_stride, strict=True))
     assert layout == [tuple(s) for s in DEMO_CONV_LAYERS]
+
+
+def test_numbers_yaml_reads_as_text_become_floats() -> None:
+    """PyYAML reads `1e-3` (no dot) as a string; float fields take it as the number it is."""
+    cfg = DistillConfig.from_yaml(CONFIGS / "distill" / "paper.yaml", ["optim.lr=1e-3"])
+    assert cfg.optim.lr == 1e-3 and isinstance(cfg.optim.lr, float)
+    assert TeacherPretrainConfig.from_yaml(None, lr="5e-4").lr == 5e-4
+    with pytest.raises(ValueError, match="optim.lr must be a number"):
+        DistillConfig.from_yaml(CONFIGS / "distill" / "paper.yaml", ["optim.lr=fast"])

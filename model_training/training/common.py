@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol, TypeVar
+from typing import Any, BinaryIO, Protocol, TypeVar, get_type_hints
 
 import numpy as np
 import torch
@@ -92,7 +92,22 @@ def dataclass_from_dict(cls: type[T], d: dict[str, Any], where: str = "config") 
     unknown = set(d) - known
     if unknown:
         raise ValueError(f"unknown keys in {where}: {sorted(unknown)}; expected {sorted(known)}")
-    return cls(**d)
+    hints = get_type_hints(cls)
+    return cls(**{k: _coerce_float(v, hints.get(k), f"{where}.{k}") for k, v in d.items()})
+
+
+def _coerce_float(value: Any, hint: Any, where: str) -> Any:
+    """`value` as a float where the field is a float and YAML left a number as text.
+
+    YAML 1.1 (PyYAML) reads `1e-3` (no dot) as a string, so `--set lr=1e-3` or `lr: 1e-3`
+    would otherwise reach the config as "1e-3" and fail far from the cause.
+    """
+    if not isinstance(value, str) or hint not in (float, float | None):
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        raise ValueError(f"{where} must be a number, found {value!r}") from None
 
 
 @contextlib.contextmanager

@@ -542,8 +542,10 @@ def _run(cfg: FinetuneConfig) -> Path:
         trained = upstream = trainable_upstream(upstream, upstream_ref, cfg).to(device)
     text_task = build_text_task(cfg)
     vocab = text_task.vocab
-    head_cfg = CTCHeadConfig(
-        layer_dims=list(upstream.hidden_dims), vocab_size=len(vocab), **cfg.head
+    head_cfg = dataclass_from_dict(
+        CTCHeadConfig,
+        {"layer_dims": list(upstream.hidden_dims), "vocab_size": len(vocab), **cfg.head},
+        "head",
     )
     head = CTCHead(head_cfg).to(device)
     n_head = sum(p.numel() for p in head.parameters())

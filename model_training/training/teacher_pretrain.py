@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,7 @@ from model_training.data.manifest import Manifest, read_km_labels, read_manifest
 from model_training.data.sampler import LengthBucketSampler
 from model_training.training.common import (
     TrainState,
+    dataclass_from_dict,
     linear_warmup_decay,
     resolve_device,
     seed_everything,
@@ -139,10 +140,7 @@ class TeacherPretrainConfig:
     def from_yaml(cls, path: str | os.PathLike | None, **overrides: Any) -> TeacherPretrainConfig:
         d = yaml.safe_load(Path(path).read_text()) or {} if path else {}
         d.update({k: v for k, v in overrides.items() if v is not None})
-        unknown = set(d) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown teacher config keys: {sorted(unknown)}")
-        return cls(**d)
+        return dataclass_from_dict(cls, d, "teacher config")
 
     def hubert_config(self) -> Any:
         from model_training.models.teacher import hubert_base_config
