@@ -165,7 +165,23 @@ def score_row(runs: Path, name: str, run: Path, speed: float | None) -> dict[str
         test = json.loads(path.read_text()) if path.is_file() else {}
         row[f"{split}_wer"], row[f"{split}_cer"] = test.get("wer"), test.get("cer")
     row.update(probe_scores(runs, name))
+    row.update(training_stop(run, "head"))
     return {**row, "cpu_audio_seconds_per_second": speed, "run": str(run)}
+
+
+def training_stop(run: Path, prefix: str) -> dict[str, Any]:
+    """How the run's training ended: its last step, its best dev step, and whether its last
+    evaluation was still its best (then the step cap stopped it, not patience: more steps
+    would likely have helped)."""
+    path = run / "metrics.json"
+    metrics = json.loads(path.read_text()) if path.is_file() else {}
+    evals = metrics.get("evaluations") or []
+    best_step = (metrics.get("best") or {}).get("step")
+    return {
+        f"{prefix}_steps": metrics.get("step"),
+        f"{prefix}_best_step": best_step,
+        f"{prefix}_still_improving": bool(evals) and best_step == evals[-1].get("step"),
+    }
 
 
 def probe_scores(runs: Path, name: str) -> dict[str, Any]:
@@ -177,6 +193,7 @@ def probe_scores(runs: Path, name: str) -> dict[str, Any]:
         out[f"{split}_per"] = json.loads(path.read_text()).get("per") if path.is_file() else None
     sid = runs / f"sid_{name}" / "metrics.json"
     metrics = json.loads(sid.read_text()) if sid.is_file() else {}
+    out.update(training_stop(runs / f"pr_{name}", "pr_head"))
     out["sid_test_acc"] = metrics.get("test_acc")
     out["sid_chance"] = metrics.get("chance")
     out["sid_speakers"] = metrics.get("speakers")
@@ -227,6 +244,20 @@ def _table(rows: list[dict[str, Any]], speed: bool) -> list[str]:
     return lines
 
 
+def _still_improving_note(rows: list[dict[str, Any]], prefix: str, what: str) -> list[str]:
+    """A sentence naming the rows whose training the step cap stopped while dev still improved."""
+    capped = [r for r in rows if r.get(f"{prefix}_still_improving")]
+    if not capped:
+        return []
+    names = ", ".join(f"{r['name']} ({r[f'{prefix}_steps']})" for r in capped)
+    return [
+        "",
+        f"{what} whose best dev score came at their last evaluation, so the step cap (steps in "
+        f"brackets) stopped them, not patience, and more steps would likely lower their "
+        f"numbers: {names}.",
+    ]
+
+
 def render_markdown(result: dict[str, Any]) -> str:
     """The results table as Markdown."""
     lines = _table(result["rows"], speed=True)
@@ -236,6 +267,8 @@ def render_markdown(result: dict[str, Any]) -> str:
         f"CPU throughput: {t['what']}; batch {t['batch']}, {t['input_seconds']:.0f} s input, "
         f"{t['threads']} threads, {t['repeats']} repeats."
     )
+    lines += _still_improving_note(result["rows"], "head", "CTC heads")
+    lines += _still_improving_note(result["rows"], "pr_head", "PR heads")
     chance = {r["sid_speakers"]: r["sid_chance"] for r in result["rows"] if r.get("sid_chance")}
     if chance:
         lines += [
@@ -258,6 +291,7 @@ def render_markdown(result: dict[str, Any]) -> str:
             "same run as its namesake, only longer, a candidate for the shipped default).",
             "",
             *_table(result["finetuned_rows"], speed=False),
+            *_still_improving_note(result["finetuned_rows"], "head", "Fine-tunes"),
         ]
     if result.get("teacher_iterations"):
         lines += [
