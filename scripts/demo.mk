@@ -44,6 +44,12 @@ FT_EVAL_EVERY ?= 500
 # ft_dkd_all_long: the DKD student's fine-tune on all hours, FT_LONG_STEPS long (the table's
 # runs stop at FT_STEPS, their dev CER still falling): a candidate for the shipped default
 FT_LONG_STEPS ?= $(shell echo $$(( $(FT_STEPS) * 4 )))
+# PR heads are one linear layer on cached features (~8 ms a step on one thread; the upstream
+# pass dominates), and at SUPERB's lr their dev PER is noisy: twice the steps, fewer
+# evaluations, more patience than the CTC heads
+PR_STEPS ?= $(shell echo $$(( $(CTC_STEPS) * 2 )))
+PR_EVAL_EVERY ?= $(shell echo $$(( ($(PR_STEPS) + 5) / 6 )))
+PR_PATIENCE ?= 3
 JOB_THREADS ?= 1
 STUDENTS ?= dkd_b1 dkd_b4 ce kd feature causal_dkd dkd_cnn
 FT_INITS ?= dkd random ce feature
@@ -53,7 +59,7 @@ PUBLISH_MODELS ?= models
 SIZES := HOURS=$(HOURS) TEACHER_STEPS=$(TEACHER_STEPS) TEACHER2_STEPS=$(TEACHER2_STEPS) \
   DISTILL_HOURS=$(DISTILL_HOURS) DISTILL_STEPS=$(DISTILL_STEPS) CTC_HOURS=$(CTC_HOURS) \
   CTC_STEPS=$(CTC_STEPS) CTC_PATIENCE=$(CTC_PATIENCE) FT_LOW_HOURS=$(FT_LOW_HOURS) \
-  FT_STEPS=$(FT_STEPS) FT_LONG_STEPS=$(FT_LONG_STEPS) SEED=$(SEED)
+  FT_STEPS=$(FT_STEPS) FT_LONG_STEPS=$(FT_LONG_STEPS) PR_STEPS=$(PR_STEPS) SEED=$(SEED)
 S := $(OUT)/stamps
 M := $(OUT)/manifests
 STAGE := bash scripts/stage.sh
@@ -188,7 +194,6 @@ $(S)/export_streaming: $(STREAMING_CANDIDATES:%=$(S)/eval_%)
 # head on every upstream of HEADS, and their layer weights next to the CTC heads'. Not part of
 # `all`: `make -f scripts/demo.mk probes`; `PROBES=1` makes the results table wait for them
 # and adds their columns (dev PER, SID test accuracy).
-PR_STEPS ?= $(CTC_STEPS)
 SID_MANIFEST ?= $(DATA)/train.tsv
 PROBE_HEADS := $(HEADS:%=$(S)/pr_%) $(HEADS:%=$(S)/sid_%)
 .PHONY: probes
@@ -206,8 +211,8 @@ $(HEADS:%=$(S)/pr_%):
 	$(STAGE) $@ $(TORCH1) $(HL) finetune-ctc --task pr --upstream $(UPSTREAM) \
 	  --train $(M)/ctc_train.tsv --dev $(DATA)/dev.tsv --out $(OUT)/$(@F) \
 	  --config configs/ctc/pr_demo.yaml --max-steps $(PR_STEPS) --feature-cache memory \
-	  --set num_threads=$(JOB_THREADS) --set patience=$(CTC_PATIENCE) \
-	  --set eval_every=$(CTC_EVAL_EVERY) --set checkpoint_every=$(CTC_EVAL_EVERY) \
+	  --set num_threads=$(JOB_THREADS) --set patience=$(PR_PATIENCE) \
+	  --set eval_every=$(PR_EVAL_EVERY) --set checkpoint_every=$(PR_EVAL_EVERY) \
 	  --set phonemes.cache_dir=$(abspath $(OUT))/phones
 $(HEADS:%=$(S)/sid_%):
 	$(STAGE) $@ $(TORCH1) $(HL) sid --upstream $(UPSTREAM) --manifest $(SID_MANIFEST) \
