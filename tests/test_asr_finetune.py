@@ -173,3 +173,21 @@ def test_best_head_selection_by_wer_or_cer() -> None:
     assert not _is_better(useful, empty, "wer")
     assert _is_better(useful, empty, "cer")
     assert _is_better(empty, None, "wer")
+
+
+def test_init_head_continues_from_a_finished_run(speech: Path, tmp_path) -> None:
+    """--init-head starts from the source's head: at a learning rate too small to move it, the
+    new run scores what the source's best head scored; a random head does not."""
+    source = run(_config(speech, tmp_path / "source", max_steps=100, target_dev_cer=None))
+    best = json.loads((source / "metrics.json").read_text())["best"]
+    frozen = {"max_steps": 1, "eval_every": 1, "lr": 1e-12, "target_dev_cer": None}
+    cont = run(_config(speech, tmp_path / "cont", init_head=str(source), **frozen))
+    fresh = run(_config(speech, tmp_path / "fresh", **frozen))
+    cont_cer = json.loads((cont / "metrics.json").read_text())["best"]["cer"]
+    fresh_cer = json.loads((fresh / "metrics.json").read_text())["best"]["cer"]
+    assert best["cer"] < 0.8
+    assert cont_cer == pytest.approx(best["cer"], abs=1e-6)
+    assert fresh_cer > best["cer"] + 0.1
+    # another head architecture is refused with the field that differs
+    with pytest.raises(ValueError, match=r"differs in \['proj_dim'\]"):
+        run(_config(speech, tmp_path / "bad", init_head=str(source), **{"head.proj_dim": 16}))

@@ -44,6 +44,12 @@ def finetune_ctc(
     freeze_upstream_steps: int | None = typer.Option(
         None, "--freeze-upstream-steps", help="End to end: keep the upstream frozen this long."
     ),
+    init_head: Path | None = typer.Option(
+        None,
+        "--init-head",
+        help="A bundle or fine-tuning run whose CTC head starts this one (continue training it: "
+        "give its upstream as --upstream, e.g. the bundle or RUN/best/upstream.safetensors).",
+    ),
     task: str | None = typer.Option(
         None,
         "--task",
@@ -69,6 +75,7 @@ def finetune_ctc(
         upstream_lr_scale=upstream_lr_scale,
         freeze_upstream_steps=freeze_upstream_steps,
         task=task,
+        init_head=str(init_head) if init_head else None,
     )
     run_dir = run(cfg)
     metrics = json.loads((run_dir / "metrics.json").read_text())

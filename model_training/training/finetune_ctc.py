@@ -83,7 +83,7 @@ from model_training.training.ctc_data import (
     encode_targets,
     filter_manifest,
 )
-from model_training.training.evaluate import BEST_DIR, load_upstream, save_head
+from model_training.training.evaluate import BEST_DIR, load_recognizer, load_upstream, save_head
 from model_training.training.features import FEATURE_CACHE_MODES, FeatureSource
 from model_training.training.loop import LoopConfig, TrainLoop, largest_batch
 from model_training.training.tasks import TASKS, TextTask, build_task
@@ -131,6 +131,11 @@ class FinetuneConfig:
         task: asr (characters, WER/CER) or pr (phones, PER; `select_by` is then per).
         phonemes: task pr: `phones.PhonemizerConfig` fields (backend espeak|lexicon, voice,
             lexicon, keep_stress, cache_dir; default cache: RUN/phones).
+        init_head: a bundle dir or a fine-tuning run whose CTC head weights start this head
+            (None: random): continue a finished run or a shipped model with more steps or new
+            data. Give its upstream as `upstream` (the bundle itself, or the run's
+            `best/upstream.safetensors` after an end-to-end run); the head architecture
+            (`head`), the task and the vocabulary must match the source's.
     """
 
     upstream: str = "fbank"
@@ -175,6 +180,7 @@ class FinetuneConfig:
     tensorboard: bool = True
     task: str = "asr"
     phonemes: dict[str, Any] = field(default_factory=dict)
+    init_head: str | None = None
 
     def __post_init__(self) -> None:
         if self.task == "pr":
@@ -497,6 +503,35 @@ def write_layer_weights(
     return path
 
 
+def load_head_weights(head: CTCHead, task: TextTask, source: str | os.PathLike) -> None:
+    """Copy the CTC head of `source` (bundle dir or fine-tuning run) into `head`, refusing a
+    source whose task, vocabulary or head architecture differ (a clear error, not a silent
+    partial load)."""
+    rec = load_recognizer(source)
+    if rec.info.get("quantize"):
+        kind = rec.info["quantize"]
+        raise ValueError(f"init_head {source} is a {kind} bundle; use its float one")
+    theirs, ours = rec.text_task, task
+    if theirs.name != ours.name or theirs.vocab.to_config() != ours.vocab.to_config():
+        raise ValueError(
+            f"init_head {source}: its head predicts {theirs.name} over "
+            f"{len(theirs.vocab)} symbols, this run {ours.name} over {len(ours.vocab)}; "
+            "the task and vocabulary must match"
+        )
+    src = rec.model.head.config.to_dict()
+    dst = head.config.to_dict()
+    training_only = {"dropout", "time_masks", "time_mask_width", "freq_masks", "freq_mask_width"}
+    differ = sorted(k for k in dst if k not in training_only and src.get(k) != dst[k])
+    if differ:
+        raise ValueError(
+            f"init_head {source}: head architecture differs in {differ} "
+            f"(source {[src.get(k) for k in differ]}, this run {[dst[k] for k in differ]}); "
+            "set `head` in the config to the source's"
+        )
+    head.load_state_dict(rec.model.head.state_dict())
+    logger.info("head initialised from %s", source)
+
+
 def trainable_upstream(upstream: nn.Module, ref: dict[str, Any], cfg: FinetuneConfig) -> nn.Module:
     """The upstream made ready for end-to-end training: training-only parts (a distilled
     student's cluster head) dropped, gradients on (the CNN's off with
@@ -548,6 +583,8 @@ def _run(cfg: FinetuneConfig) -> Path:
         "head",
     )
     head = CTCHead(head_cfg).to(device)
+    if cfg.init_head:
+        load_head_weights(head, text_task, cfg.init_head)
     n_head = sum(p.numel() for p in head.parameters())
     n_up = sum(p.numel() for p in upstream.parameters() if p.requires_grad) if trained else 0
     logger.info(
@@ -585,6 +622,7 @@ def _run(cfg: FinetuneConfig) -> Path:
         "upstream": upstream_ref,
         "head_parameters": n_head,
         "end_to_end": cfg.end_to_end,
+        "init_head": cfg.init_head,
         "upstream_parameters_trained": n_up,
         "feature_cache": cfg.feature_cache,
         "task": cfg.task,
