@@ -44,6 +44,8 @@ FT_EVAL_EVERY ?= 500
 # ft_dkd_all_long: the DKD student's fine-tune on all hours, FT_LONG_STEPS long (the table's
 # runs stop at FT_STEPS, their dev CER still falling): a candidate for the shipped default
 FT_LONG_STEPS ?= $(shell echo $$(( $(FT_STEPS) * 4 )))
+# ft_dkd_all_more: ft_dkd_all_long continued for FT_MORE_STEPS on a fresh schedule
+FT_MORE_STEPS ?= $(shell echo $$(( $(FT_LONG_STEPS) * 2 )))
 # PR heads are one linear layer on cached features (~8 ms a step on one thread; the upstream
 # pass dominates), and at SUPERB's lr their dev PER is noisy: twice the steps, fewer
 # evaluations, more patience than the CTC heads
@@ -59,7 +61,8 @@ PUBLISH_MODELS ?= models
 SIZES := HOURS=$(HOURS) TEACHER_STEPS=$(TEACHER_STEPS) TEACHER2_STEPS=$(TEACHER2_STEPS) \
   DISTILL_HOURS=$(DISTILL_HOURS) DISTILL_STEPS=$(DISTILL_STEPS) CTC_HOURS=$(CTC_HOURS) \
   CTC_STEPS=$(CTC_STEPS) CTC_PATIENCE=$(CTC_PATIENCE) FT_LOW_HOURS=$(FT_LOW_HOURS) \
-  FT_STEPS=$(FT_STEPS) FT_LONG_STEPS=$(FT_LONG_STEPS) PR_STEPS=$(PR_STEPS) SEED=$(SEED)
+  FT_STEPS=$(FT_STEPS) FT_LONG_STEPS=$(FT_LONG_STEPS) FT_MORE_STEPS=$(FT_MORE_STEPS) \
+  PR_STEPS=$(PR_STEPS) SEED=$(SEED)
 S := $(OUT)/stamps
 M := $(OUT)/manifests
 STAGE := bash scripts/stage.sh
@@ -67,6 +70,7 @@ TORCH1 := env OMP_NUM_THREADS=$(JOB_THREADS)
 HEADS := fbank teacher1 teacher2 $(STUDENTS)
 FT_RUNS := $(foreach i,$(FT_INITS),ft_$(i)_low ft_$(i)_all) ft_causal_all \
   $(if $(filter dkd,$(FT_INITS)),ft_dkd_all_long)
+FT_MORE := $(if $(filter dkd,$(FT_INITS)),ft_dkd_all_more)
 
 .PHONY: all critical heads students finetuned results bundles publish
 all: bundles results
@@ -77,7 +81,7 @@ all: bundles results
 critical: $(S)/eval_ft_$(firstword $(FT_INITS))_all $(S)/eval_ft_causal_all
 students: $(STUDENTS:%=$(S)/distill_%)
 heads: $(HEADS:%=$(S)/eval_ctc_%)
-finetuned: $(FT_RUNS:%=$(S)/eval_%)
+finetuned: $(FT_RUNS:%=$(S)/eval_%) $(FT_MORE:%=$(S)/eval_%)
 results: $(S)/results
 bundles: $(S)/export_default $(S)/export_streaming
 
@@ -171,6 +175,16 @@ $(FT_RUNS:%=$(S)/%): $(S)/manifests
 	  --freeze-upstream-steps $(RUN_FREEZE) --set num_threads=$(JOB_THREADS) \
 	  --set eval_every=$(FT_EVAL_EVERY) --set checkpoint_every=$(FT_EVAL_EVERY)
 
+# ft_dkd_all_more: ft_dkd_all_long continued (its fine-tuned upstream and CTC head, a fresh
+# schedule of FT_MORE_STEPS) -- its dev CER was still falling at FT_LONG_STEPS
+$(S)/ft_dkd_all_more: $(S)/ft_dkd_all_long
+	$(STAGE) $@ $(TORCH1) $(HL) finetune-ctc --end-to-end \
+	  --upstream $(OUT)/ft_dkd_all_long/best/upstream.safetensors \
+	  --init-head $(OUT)/ft_dkd_all_long --train $(M)/ft_all.tsv --dev $(DATA)/dev.tsv \
+	  --out $(OUT)/$(@F) --config configs/ctc/demo.yaml --max-steps $(FT_MORE_STEPS) \
+	  --set num_threads=$(JOB_THREADS) \
+	  --set eval_every=$(FT_EVAL_EVERY) --set checkpoint_every=$(FT_EVAL_EVERY)
+
 # eval_RUN: the run's WER/CER on dev and both halves of test_unseen -> eval/RUN.SPLIT.json
 $(S)/eval_%: $(S)/%
 	$(STAGE) $@ bash -c 'for split in dev test_neural test_classic; do \
@@ -179,7 +193,7 @@ $(S)/eval_%: $(S)/%
 	    --output $(OUT)/eval/$*.$$split.json || exit 1; done'
 
 # ---- the bundles (under OUT): the best bidirectional run and the causal one, float16 weights
-DEFAULT_CANDIDATES ?= $(foreach i,$(FT_INITS),ft_$(i)_all) $(if $(filter dkd,$(FT_INITS)),ft_dkd_all_long)
+DEFAULT_CANDIDATES ?= $(foreach i,$(FT_INITS),ft_$(i)_all) $(if $(filter dkd,$(FT_INITS)),ft_dkd_all_long) $(FT_MORE)
 STREAMING_CANDIDATES ?= ft_causal_all
 EXPORT := $(PY) scripts/demo_export.py --runs $(OUT) --fp16-manifest $(M)/test_neural.tsv \
   --corpus-card $(DATA)/card.json
@@ -224,9 +238,9 @@ $(S)/layer_weights: $(HEADS:%=$(S)/ctc_%) $(PROBE_HEADS)
 $(S)/results: $(if $(PROBES),$(HEADS:%=$(S)/eval_pr_%) $(HEADS:%=$(S)/sid_%))
 
 # ---- the table (under OUT) and publishing it
-$(S)/results: $(HEADS:%=$(S)/eval_ctc_%) $(FT_RUNS:%=$(S)/eval_%)
+$(S)/results: $(HEADS:%=$(S)/eval_ctc_%) $(FT_RUNS:%=$(S)/eval_%) $(FT_MORE:%=$(S)/eval_%)
 	$(STAGE) $@ $(PY) scripts/demo_results.py --runs $(OUT) --students "$(STUDENTS)" \
-	  --finetuned "$(FT_RUNS)" --out-json $(OUT)/results.json --out-md $(OUT)/results.md \
+	  --finetuned "$(FT_RUNS) $(FT_MORE)" --out-json $(OUT)/results.json --out-md $(OUT)/results.md \
 	  --threads $(JOB_THREADS) --sizes "$(strip $(SIZES))"
 
 publish: $(S)/results $(S)/export_default $(S)/export_streaming

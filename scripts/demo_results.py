@@ -74,7 +74,8 @@ def _manifest_hours(path: Path) -> float | None:
 
 def finetuned_description(runs: Path, run: str) -> str:
     """ "DKD student (dkd_b4), all 12.0 h" for ft_dkd_all, from the run folders themselves;
-    a run trained longer than the others (ft_dkd_all_long) names its steps."""
+    a run trained longer than the others (ft_dkd_all_long) names its steps, a continuation
+    (ft_dkd_all_more) also the run it continued."""
     _, init, data = run.split("_", 2)
     data, _, longer = data.partition("_")
     text = FT_INITS.get(init, init)
@@ -85,9 +86,12 @@ def finetuned_description(runs: Path, run: str) -> str:
     text = f"{text}, {data}" + ("" if hours is None else f" {hours:.1f} h")
     config, metrics = runs / run / "config.yaml", runs / run / "metrics.json"
     if longer and config.is_file():
-        planned = yaml.safe_load(config.read_text())["max_steps"]
+        settings = yaml.safe_load(config.read_text())
+        planned = settings["max_steps"]
         done = json.loads(metrics.read_text()).get("step") if metrics.is_file() else None
         stopped = done is not None and done < planned
+        if settings.get("init_head"):  # a continuation (ft_dkd_all_more): say of what
+            text += f", {Path(settings['init_head']).name} continued"
         text += f", stopped at step {done} of {planned}" if stopped else f", {planned} steps"
     return text
 

@@ -11,6 +11,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.test_app_support import serve, test_settings
 
@@ -61,8 +62,11 @@ async def test_tiny_pipeline_into_a_temp_folder_then_serve_its_bundle(tmp_path: 
     students = {"ce", "kd", "dkd_b1", "dkd_b4", "feature", "causal_dkd", "dkd_cnn"}
     assert {"fbank", "teacher1", "teacher2", *students} == names
     assert not results["pending"]  # every row of the table and every fine-tuning run finished
-    # 4 starting points x 2 data sizes, the causal run, the DKD run trained FT_LONG_STEPS
-    assert len(results["finetuned_rows"]) == 10 and len(results["teacher_iterations"]) == 2
+    # 4 starting points x 2 data sizes, the causal run, the DKD run trained FT_LONG_STEPS and
+    # its continuation (its head and upstream, FT_MORE_STEPS more)
+    assert len(results["finetuned_rows"]) == 11 and len(results["teacher_iterations"]) == 2
+    more = yaml.safe_load((out / "ft_dkd_all_more" / "config.yaml").read_text())
+    assert more["init_head"] == str(out / "ft_dkd_all_long") and more["max_steps"] == 48
     assert (out / "results.md").is_file() and _tracked_state(["docs", "models"]) == before
     for bundle in ("default", "streaming"):
         config = json.loads((out / "bundles" / bundle / "config.json").read_text())

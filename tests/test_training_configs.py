@@ -44,5 +44,5 @@ def test_numbers_yaml_reads_as_text_become_floats() -> None:
     cfg = DistillConfig.from_yaml(CONFIGS / "distill" / "paper.yaml", ["optim.lr=1e-3"])
     assert cfg.optim.lr == 1e-3 and isinstance(cfg.optim.lr, float)
     assert TeacherPretrainConfig.from_yaml(None, lr="5e-4").lr == 5e-4
-    with pytest.raises(ValueError, match="optim.lr must be a number"):
+    with pytest.raises(ValueError, match=r"optim\.lr must be a number"):
         DistillConfig.from_yaml(CONFIGS / "distill" / "paper.yaml", ["optim.lr=fast"])
