@@ -234,7 +234,7 @@ $(HEADS:%=$(S)/sid_%):
 	  --set progress=false
 $(S)/layer_weights: $(HEADS:%=$(S)/ctc_%) $(PROBE_HEADS)
 	$(STAGE) $@ $(PY) scripts/plot_layer_weights.py --runs $(OUT) --heads "$(HEADS)" \
-	  --out $(OUT)/layer_weights.png
+	  --out $(OUT)/img/layer_weights.png
 $(S)/results: $(if $(PROBES),$(HEADS:%=$(S)/eval_pr_%) $(HEADS:%=$(S)/sid_%))
 
 # ---- the table (under OUT) and publishing it
@@ -246,5 +246,6 @@ $(S)/results: $(HEADS:%=$(S)/eval_ctc_%) $(FT_RUNS:%=$(S)/eval_%) $(FT_MORE:%=$(
 publish: $(S)/results $(S)/export_default $(S)/export_streaming
 	cp $(OUT)/results.md $(PUBLISH_DOCS)/results.md
 	cp $(OUT)/results.json $(PUBLISH_DOCS)/results.json
+	if [ -d $(OUT)/img ]; then mkdir -p $(PUBLISH_DOCS)/img && cp $(OUT)/img/* $(PUBLISH_DOCS)/img/; fi
 	for b in default streaming; do rm -rf $(PUBLISH_MODELS)/$$b && cp -r $(OUT)/bundles/$$b $(PUBLISH_MODELS)/$$b; done
 	@echo "published $(OUT)/results.md to $(PUBLISH_DOCS)/ and the bundles to $(PUBLISH_MODELS)/"

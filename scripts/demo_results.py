@@ -131,8 +131,10 @@ def main() -> None:
         else:
             row = score_row(args.runs, run, args.runs / run, None)
             ft_rows.append({**row, "description": finetuned_description(args.runs, run)})
+    centres = args.runs / "img" / "layer_weights.json"
     result = {
         "sizes": args.sizes,
+        "layer_centres": json.loads(centres.read_text()) if centres.is_file() else {},
         "teacher_iterations": teacher_accuracy(args.runs),
         "rows": rows,
         "finetuned_rows": ft_rows,
@@ -248,6 +250,74 @@ def _table(rows: list[dict[str, Any]], speed: bool) -> list[str]:
     return lines
 
 
+def _fmt(row: dict[str, Any] | None, key: str) -> str:
+    return _pct(row.get(key)) if row else "-"
+
+
+def paper_findings(rows: list[dict[str, Any]], centres: dict[str, Any]) -> list[str]:
+    """The paper's PR/SID findings, each checked against this run's rows (said as measured).
+
+    `centres`: {upstream: {task: {"centre": weighted mean layer index}}} from
+    scripts/plot_layer_weights.py.
+    """
+    by = {r["name"]: r for r in rows}
+    b1, b4, kd, ce, feat = (by.get(n) for n in ("dkd_b1", "dkd_b4", "kd", "ce", "feature"))
+    lines = ["", "### The paper's findings at this scale", ""]
+    if b4 and b1 and kd and b4.get("dev_per") is not None:
+        holds = b4["dev_per"] < min(b1["dev_per"], kd["dev_per"])
+        lines.append(
+            f"- *DKD with beta 4 helps phone recognition*: {'holds' if holds else 'does not hold'}"
+            f" here. Dev PER {_fmt(b4, 'dev_per')} with beta 4, {_fmt(b1, 'dev_per')} with "
+            f"beta 1, {_fmt(kd, 'dev_per')} with KD, {_fmt(ce, 'dev_per')} with CE alone."
+        )
+    logit = [r for r in (kd, b1, b4) if r and r.get("sid_test_acc") is not None]
+    if feat and feat.get("sid_test_acc") is not None and logit:
+        holds = all(r["sid_test_acc"] < feat["sid_test_acc"] for r in logit)
+        accs = ", ".join(f"{_fmt(r, 'sid_test_acc')} ({r['name']})" for r in logit)
+        lines.append(
+            f"- *Logit distillation costs speaker identification* (against feature "
+            f"distillation): {'holds' if holds else 'does not hold'} here. SID accuracy "
+            f"{accs} against {_fmt(feat, 'sid_test_acc')} for the DistilHuBERT-style student "
+            f"(CE alone: {_fmt(ce, 'sid_test_acc')})."
+        )
+    both = {
+        n: c
+        for n, c in centres.items()
+        if n != "fbank" and all(t in c for t in ("asr", "pr", "sid"))
+    }
+    if both:
+        earlier = [
+            n
+            for n, c in both.items()
+            if c["sid"]["centre"] < min(c["asr"]["centre"], c["pr"]["centre"])
+        ]
+        detail = ", ".join(
+            f"{n} {c['sid']['centre']:.1f} vs {c['asr']['centre']:.1f}/{c['pr']['centre']:.1f}"
+            for n, c in both.items()
+        )
+        lines.append(
+            f"- *The explanation: speaker cues sit in early layers, so SID heads weight them*: "
+            f"the SID head's layer-weight centre lies below both the ASR and the PR head's for "
+            f"{len(earlier)} of {len(both)} upstreams (SID vs ASR/PR centre, in hidden-state "
+            f"index: {detail})."
+        )
+    fb = by.get("fbank")
+    students = [r for r in rows if r["name"] not in ("fbank", "teacher1", "teacher2")]
+    if fb and fb.get("dev_per") is not None and students:
+        per = sum(r.get("dev_per") is not None and r["dev_per"] < fb["dev_per"] for r in students)
+        sid = sum(
+            r.get("sid_test_acc") is not None and r["sid_test_acc"] > fb["sid_test_acc"]
+            for r in students
+        )
+        asr = sum(r["dev_cer"] < fb["dev_cer"] for r in students)
+        lines.append(
+            f"- Against log-mel fbank: {per} of {len(students)} students have a lower PER, "
+            f"{sid} a higher SID accuracy, {asr} a lower ASR CER. The PR and SID heads are "
+            f"linear; the ASR head's BiLSTM can learn from fbank what a linear head cannot."
+        )
+    return lines if len(lines) > 3 else []
+
+
 def _still_improving_note(rows: list[dict[str, Any]], prefix: str, what: str) -> list[str]:
     """A sentence naming the rows whose training the step cap stopped while dev still improved."""
     capped = [r for r in rows if r.get(f"{prefix}_still_improving")]
@@ -282,7 +352,10 @@ def render_markdown(result: dict[str, Any]) -> str:
             "SID = accuracy of mean pooling + a linear layer over the corpus's voices, "
             "utterance-level splits of the same voices (configs/sid/demo.yaml); chance "
             + ", ".join(f"{100 * c:.1f}% ({n} voices)" for n, c in sorted(chance.items()))
-            + ". Learned layer weights: layer_weights.png.",
+            + ".",
+            "",
+            "![Learned layer weights of the ASR, PR and SID heads](img/layer_weights.png)",
+            *paper_findings(result["rows"], result.get("layer_centres") or {}),
         ]
     if result.get("finetuned_rows"):
         lines += [

@@ -42,3 +42,24 @@ def test_capped_and_patience_stopped_runs_are_told_apart(results, tmp_path: Path
     note = " ".join(results._still_improving_note(rows, "head", "CTC heads"))
     assert "a (1500)" in note and "b (" not in note
     assert results._still_improving_note(rows[1:], "head", "CTC heads") == []
+
+
+def test_paper_findings_are_checked_against_the_numbers(results) -> None:
+    def row(name: str, per: float, sid: float, cer: float = 0.5) -> dict:
+        return {"name": name, "dev_per": per, "sid_test_acc": sid, "dev_cer": cer}
+
+    rows = [row("fbank", 0.85, 0.3, 0.4), row("kd", 0.78, 0.45), row("dkd_b1", 0.80, 0.44)]
+    rows += [row("feature", 0.9, 0.47), row("ce", 0.74, 0.46)]
+    centres = {
+        "kd": {"asr": {"centre": 1.7}, "pr": {"centre": 1.6}, "sid": {"centre": 1.9}},
+        "teacher1": {"asr": {"centre": 2.2}, "pr": {"centre": 1.6}, "sid": {"centre": 1.0}},
+    }
+    text = "\n".join(results.paper_findings([*rows, row("dkd_b4", 0.84, 0.38)], centres))
+    assert "beta 4 helps phone recognition*: does not hold" in text
+    assert "costs speaker identification* (against feature distillation): holds" in text
+    assert "for 1 of 2 upstreams" in text
+    assert "4 of 5 students have a lower PER, 5 a higher SID accuracy, 0 a lower ASR CER" in text
+    better = "\n".join(results.paper_findings([*rows, row("dkd_b4", 0.70, 0.5)], centres))
+    assert "beta 4 helps phone recognition*: holds" in better
+    assert "speaker identification* (against feature distillation): does not hold" in better
+    assert results.paper_findings([row("fbank", 0.85, 0.3)], {}) == []
