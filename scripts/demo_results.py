@@ -347,7 +347,8 @@ def render_markdown(result: dict[str, Any]) -> str:
     if chance:
         lines += [
             "",
-            "Probes (SUPERB protocol, frozen upstream, weighted layer sum): PER = phone error "
+            "Probes (`make -f scripts/demo.mk probes`, then `results PROBES=1`; SUPERB "
+            "protocol, frozen upstream, weighted layer sum): PER = phone error "
             "rate of a linear CTC head on espeak-ng's en-us phones (configs/ctc/pr_demo.yaml); "
             "SID = accuracy of mean pooling + a linear layer over the corpus's voices, "
             "utterance-level splits of the same voices (configs/sid/demo.yaml); chance "
