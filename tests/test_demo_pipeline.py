@@ -80,5 +80,7 @@ async def test_tiny_pipeline_into_a_temp_folder_then_serve_its_bundle(tmp_path: 
     from tests.test_app_support import make_wav, wav_file
 
     async with serve(test_settings(out / "bundles" / "default")) as (_, client):
-        r = await client.post("/v1/audio/transcriptions", files=[wav_file("a.wav", make_wav(1.5))])
-        assert r.status_code == 200 and "text" in r.json()
+        r = await client.post(
+            "/v1/audio/transcriptions", files={"file": wav_file("a.wav", make_wav(1.5))}
+        )
+        assert r.status_code == 200 and "text" in r.json(), r.text
