@@ -163,26 +163,26 @@ $(S)/ft_dkd_all_long: $(S)/pick_dkd
 $(S)/ft_dkd_all_long: RUN_DATA = all
 $(S)/ft_dkd_all_long: RUN_STEPS = $(FT_LONG_STEPS)
 $(S)/ft_dkd_all_long: RUN_FREEZE = $(shell echo $$(( $(FT_LONG_STEPS) / 10 )))
-$(FT_RUNS:%=$(S)/%): UPSTREAM ?= $(OUT)/distill_$(word 2,$(subst _, ,$(@F)))
-$(FT_RUNS:%=$(S)/%): FT_CONFIG ?= configs/ctc/demo.yaml
-$(FT_RUNS:%=$(S)/%): RUN_DATA ?= $(lastword $(subst _, ,$(@F)))
-$(FT_RUNS:%=$(S)/%): RUN_STEPS ?= $(FT_STEPS)
-$(FT_RUNS:%=$(S)/%): RUN_FREEZE ?= $(FT_FREEZE_STEPS)
-$(FT_RUNS:%=$(S)/%): $(S)/manifests
-	$(STAGE) $@ $(TORCH1) $(HL) finetune-ctc --end-to-end --upstream $(UPSTREAM) \
-	  --train $(M)/ft_$(RUN_DATA).tsv --dev $(DATA)/dev.tsv \
-	  --out $(OUT)/$(@F) --config $(FT_CONFIG) --max-steps $(RUN_STEPS) \
-	  --freeze-upstream-steps $(RUN_FREEZE) --set num_threads=$(JOB_THREADS) \
-	  --set eval_every=$(FT_EVAL_EVERY) --set checkpoint_every=$(FT_EVAL_EVERY)
-
 # ft_dkd_all_more: ft_dkd_all_long continued (its fine-tuned upstream and CTC head, a fresh
 # schedule of FT_MORE_STEPS) -- its dev CER was still falling at FT_LONG_STEPS
 $(S)/ft_dkd_all_more: $(S)/ft_dkd_all_long
-	$(STAGE) $@ $(TORCH1) $(HL) finetune-ctc --end-to-end \
-	  --upstream $(OUT)/ft_dkd_all_long/best/upstream.safetensors \
-	  --init-head $(OUT)/ft_dkd_all_long --train $(M)/ft_all.tsv --dev $(DATA)/dev.tsv \
-	  --out $(OUT)/$(@F) --config configs/ctc/demo.yaml --max-steps $(FT_MORE_STEPS) \
-	  --set num_threads=$(JOB_THREADS) \
+$(S)/ft_dkd_all_more: UPSTREAM = $(OUT)/ft_dkd_all_long/best/upstream.safetensors
+$(S)/ft_dkd_all_more: INIT_HEAD = $(OUT)/ft_dkd_all_long
+$(S)/ft_dkd_all_more: RUN_DATA = all
+$(S)/ft_dkd_all_more: RUN_STEPS = $(FT_MORE_STEPS)
+$(S)/ft_dkd_all_more: RUN_FREEZE = 0
+FT_ALL := $(FT_RUNS) $(FT_MORE)
+$(FT_ALL:%=$(S)/%): UPSTREAM ?= $(OUT)/distill_$(word 2,$(subst _, ,$(@F)))
+$(FT_ALL:%=$(S)/%): FT_CONFIG ?= configs/ctc/demo.yaml
+$(FT_ALL:%=$(S)/%): RUN_DATA ?= $(lastword $(subst _, ,$(@F)))
+$(FT_ALL:%=$(S)/%): RUN_STEPS ?= $(FT_STEPS)
+$(FT_ALL:%=$(S)/%): RUN_FREEZE ?= $(FT_FREEZE_STEPS)
+$(FT_ALL:%=$(S)/%): $(S)/manifests
+	$(STAGE) $@ $(TORCH1) $(HL) finetune-ctc --end-to-end --upstream $(UPSTREAM) \
+	  $(if $(INIT_HEAD),--init-head $(INIT_HEAD)) \
+	  --train $(M)/ft_$(RUN_DATA).tsv --dev $(DATA)/dev.tsv \
+	  --out $(OUT)/$(@F) --config $(FT_CONFIG) --max-steps $(RUN_STEPS) \
+	  --freeze-upstream-steps $(RUN_FREEZE) --set num_threads=$(JOB_THREADS) \
 	  --set eval_every=$(FT_EVAL_EVERY) --set checkpoint_every=$(FT_EVAL_EVERY)
 
 # eval_RUN: the run's WER/CER on dev and both halves of test_unseen -> eval/RUN.SPLIT.json

@@ -306,7 +306,9 @@ def paper_findings(rows: list[dict[str, Any]], centres: dict[str, Any]) -> list[
     if fb and fb.get("dev_per") is not None and students:
         per = sum(r.get("dev_per") is not None and r["dev_per"] < fb["dev_per"] for r in students)
         sid = sum(
-            r.get("sid_test_acc") is not None and r["sid_test_acc"] > fb["sid_test_acc"]
+            r.get("sid_test_acc") is not None
+            and fb.get("sid_test_acc") is not None
+            and r["sid_test_acc"] > fb["sid_test_acc"]
             for r in students
         )
         asr = sum(r["dev_cer"] < fb["dev_cer"] for r in students)
