@@ -171,7 +171,23 @@ $(S)/ft_dkd_all_more: INIT_HEAD = $(OUT)/ft_dkd_all_long
 $(S)/ft_dkd_all_more: RUN_DATA = all
 $(S)/ft_dkd_all_more: RUN_STEPS = $(FT_MORE_STEPS)
 $(S)/ft_dkd_all_more: RUN_FREEZE = 0
-FT_ALL := $(FT_RUNS) $(FT_MORE)
+# ft_dkd_all_shipped: the shipped default bundle ($(PUBLISH_MODELS)/default, float16 weights)
+# continued on all hours for FT_SHIPPED_STEPS, at a peak lr of FT_SHIPPED_LR (upstream: x
+# FT_SHIPPED_UPSTREAM_SCALE) decaying from a short warm-up. A bundle is the one checkpoint that
+# survives a new machine (runs/ is never committed), so each session can carry the shipped
+# model further. Not part of `all`, since it starts from what was published:
+#   make -f scripts/demo.mk runs/demo/stamps/eval_ft_dkd_all_shipped
+FT_SHIPPED_STEPS ?= $(FT_LONG_STEPS)
+FT_SHIPPED_LR ?= 1e-3
+FT_SHIPPED_UPSTREAM_SCALE ?= 0.25
+$(S)/ft_dkd_all_shipped: UPSTREAM = $(PUBLISH_MODELS)/default
+$(S)/ft_dkd_all_shipped: INIT_HEAD = $(PUBLISH_MODELS)/default
+$(S)/ft_dkd_all_shipped: RUN_DATA = all
+$(S)/ft_dkd_all_shipped: RUN_STEPS = $(FT_SHIPPED_STEPS)
+$(S)/ft_dkd_all_shipped: RUN_FREEZE = 0
+$(S)/ft_dkd_all_shipped: RUN_SETS = --set lr=$(FT_SHIPPED_LR) \
+  --upstream-lr-scale $(FT_SHIPPED_UPSTREAM_SCALE)
+FT_ALL := $(FT_RUNS) $(FT_MORE) ft_dkd_all_shipped
 $(FT_ALL:%=$(S)/%): UPSTREAM ?= $(OUT)/distill_$(word 2,$(subst _, ,$(@F)))
 $(FT_ALL:%=$(S)/%): FT_CONFIG ?= configs/ctc/demo.yaml
 $(FT_ALL:%=$(S)/%): RUN_DATA ?= $(lastword $(subst _, ,$(@F)))
@@ -183,7 +199,7 @@ $(FT_ALL:%=$(S)/%): $(S)/manifests
 	  --train $(M)/ft_$(RUN_DATA).tsv --dev $(DATA)/dev.tsv \
 	  --out $(OUT)/$(@F) --config $(FT_CONFIG) --max-steps $(RUN_STEPS) \
 	  --freeze-upstream-steps $(RUN_FREEZE) --set num_threads=$(JOB_THREADS) \
-	  --set eval_every=$(FT_EVAL_EVERY) --set checkpoint_every=$(FT_EVAL_EVERY)
+	  --set eval_every=$(FT_EVAL_EVERY) --set checkpoint_every=$(FT_EVAL_EVERY) $(RUN_SETS)
 
 # eval_RUN: the run's WER/CER on dev and both halves of test_unseen -> eval/RUN.SPLIT.json
 $(S)/eval_%: $(S)/%

@@ -30,7 +30,7 @@ CARD = """# hubert-lstm demo model: `{name}`
 **What it is.** {description}: {origin}. {upstream_m:.2f}M parameters in the upstream,
 {total_m:.2f}M with the CTC head. {teacher} Its data is a ~{hours:.3g}-hour **synthetic**
 English corpus: neural voices (Kokoro-82M and Piper) and classic ones (espeak-ng, festival,
-flite). Everything was trained on a 2-core CPU by `make demo-model` (run `{run}`).
+flite). Everything was trained on a 2-core CPU by `make demo-model` (run `{run}`){continued}.
 
 **What it is not.** It is *not* a LibriSpeech-trained HuBERT student and it has never heard a
 human speaker directly (Piper's joe voice and Kokoro's voices were trained on recordings of
@@ -179,6 +179,7 @@ def main() -> None:
         hours=float(corpus["splits"]["train"]["hours"]),
         seed=corpus.get("seed", 0),
         run=best,
+        continued=continued_sentence(provenance),
         score_rows="\n".join(rows),
         fp16_wer=_signed(fp16.get("wer")),
         fp16_cer=_signed(fp16.get("cer")),
@@ -189,6 +190,23 @@ def main() -> None:
     (args.out / "README.md").write_text(card)
     size = sum(p.stat().st_size for p in args.out.iterdir())
     print(f"exported {best} to {args.out} ({size / 1e6:.1f} MB)")
+
+
+def continued_sentence(provenance: dict[str, Any]) -> str:
+    """For a run that continued a shipped bundle: how many times, and from which first run."""
+    chain = []
+    link = provenance.get("continued_from")
+    while link:
+        chain.append(link)
+        link = link.get("continued_from")
+    if not chain:
+        return ""
+    first = Path(str(chain[-1].get("run"))).name
+    times = "once" if len(chain) == 1 else f"{len(chain)} times"
+    return (
+        f", which continued the shipped bundle {times}, first from run `{first}`"
+        " (the chain is under Training below)"
+    )
 
 
 def _signed(x: float | None) -> str:

@@ -90,10 +90,22 @@ def finetuned_description(runs: Path, run: str) -> str:
         planned = settings["max_steps"]
         done = json.loads(metrics.read_text()).get("step") if metrics.is_file() else None
         stopped = done is not None and done < planned
-        if settings.get("init_head"):  # a continuation (ft_dkd_all_more): say of what
-            text += f", {Path(settings['init_head']).name} continued"
+        source = settings.get("init_head")
+        if source:  # a continuation: of a run (ft_dkd_all_more) or of a shipped bundle
+            text += f", {continued_what(Path(source))} continued"
         text += f", stopped at step {done} of {planned}" if stopped else f", {planned} steps"
     return text
+
+
+def continued_what(source: Path) -> str:
+    """A continued run's source: the run's name, or for a bundle "the bundle models/default
+    (from run R, step N)", read from the bundle's provenance."""
+    config = source / "config.json"
+    if not config.is_file():
+        return source.name
+    provenance = json.loads(config.read_text()).get("provenance") or {}
+    run = Path(str(provenance.get("run"))).name
+    return f"the bundle {source} (from {run}, step {provenance.get('step')})"
 
 
 def teacher_accuracy(runs: Path) -> list[dict[str, Any]]:
@@ -116,6 +128,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--sizes", default="", help="the run's size variables, for the text")
+    parser.add_argument(
+        "--previous",
+        type=Path,
+        help="an earlier results.json (e.g. docs/results.json): rows whose runs are not under "
+        "--runs (a new machine lost them) are carried from it and marked",
+    )
     args = parser.parse_args()
 
     names = ["fbank", "teacher1", "teacher2", *args.students.split()]
@@ -147,11 +165,38 @@ def main() -> None:
             "what": "upstream + CTC head forward, median of interleaved repeats",
         },
     }
+    if args.previous is not None:
+        result = carry_previous(result, json.loads(args.previous.read_text()))
     args.out_json.parent.mkdir(parents=True, exist_ok=True)
     args.out_json.write_text(json.dumps(result, indent=2) + "\n")
     args.out_md.parent.mkdir(parents=True, exist_ok=True)
     args.out_md.write_text(render_markdown(result))
     print(render_markdown(result))
+
+
+def carry_previous(result: dict[str, Any], previous: dict[str, Any]) -> dict[str, Any]:
+    """`result` with the rows it lacks taken from `previous` (marked `carried`), in
+    `previous`'s order with this run's new rows after them; pending runs that `previous` has
+    are no longer pending, and the layer centres, teacher iterations and sizes fill in where
+    this run has none. Rows this run measured win over carried ones."""
+    out = dict(result)
+    pending = set(result["pending"])
+    for key in ("rows", "finetuned_rows"):
+        fresh = {r["name"]: r for r in result[key]}
+        merged = []
+        for row in previous.get(key, []):
+            if row["name"] in fresh:
+                merged.append(fresh.pop(row["name"]))
+            else:
+                merged.append({**row, "carried": True})
+                pending.discard(row["name"])
+                pending.discard(f"ctc_{row['name']}")
+        out[key] = merged + list(fresh.values())
+    for key in ("layer_centres", "teacher_iterations", "sizes"):
+        out[key] = result.get(key) or previous.get(key)
+    out["pending"] = [p for p in result["pending"] if p in pending]
+    out["carried_sizes"] = previous.get("sizes")
+    return out
 
 
 def score_row(runs: Path, name: str, run: Path, speed: float | None) -> dict[str, Any]:
@@ -239,13 +284,14 @@ def _table(rows: list[dict[str, Any]], speed: bool) -> list[str]:
     lines = [head + (" CPU audio s/s |" if speed else ""), "|---|" + "---:|" * (7 + speed)]
     lines[1] += "---:|---:|" if probes else ""
     for r in rows:
-        cells = [r["description"], f"{r['upstream_parameters'] / 1e6:.2f}M"]
+        mark = " (carried)" if r.get("carried") else ""
+        cells = [r["description"] + mark, f"{r['upstream_parameters'] / 1e6:.2f}M"]
         cells += [_pct(r[k]) for k in ("dev_wer", "dev_cer")]
         cells += [_pct(r.get(f"{s}_{m}")) for s in TEST_SPLITS for m in ("wer", "cer")]
         if probes:
             cells += [_pct(r.get("dev_per")), _pct(r.get("sid_test_acc"))]
         if speed:
-            cells.append(str(r["cpu_audio_seconds_per_second"]))
+            cells.append(str(r["cpu_audio_seconds_per_second"]))  # carried: as measured then
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -396,6 +442,14 @@ def render_markdown(result: dict[str, Any]) -> str:
             lines.append(
                 f"| {it.get('iteration')} | {units} | {it.get('step', '-')} | {_pct(acc)} |"
             )
+    if any(r.get("carried") for r in result["rows"] + result.get("finetuned_rows", [])):
+        lines += [
+            "",
+            "Rows marked *(carried)* were measured by an earlier run of this pipeline whose run "
+            "folders are gone (a new machine); they are copied from its results.json (sizes: "
+            f"{result.get('carried_sizes') or 'as above'}). The corpus is regenerated from the "
+            "same seed, so the splits are the same sentences and voices.",
+        ]
     if result.get("pending"):
         lines += [
             "",

@@ -203,3 +203,34 @@ def test_end_to_end_refuses_upstreams_without_trainable_weights(data, tmp_path) 
         run(_config(data, tmp_path / "f", upstream="fbank", end_to_end=True))
     with pytest.raises(ValueError, match="need end_to_end"):
         _config(data, tmp_path / "g", freeze_upstream_steps=2)
+
+
+def test_continued_bundles_keep_their_lineage(data, tmp_path) -> None:
+    """A run that continues a bundle (its upstream and head) exports a bundle whose provenance
+    and card name the bundle, run and step it came from, through two continuations."""
+    from model_training.training.export import export_run
+
+    run(_config(data, tmp_path / "r0", dev=True, end_to_end=True))
+    export_run(tmp_path / "r0", tmp_path / "b0")
+    assert "continued_from" not in read_bundle_config(tmp_path / "b0")["provenance"]
+    for i in (1, 2):
+        src = tmp_path / f"b{i - 1}"
+        run(
+            _config(
+                data,
+                tmp_path / f"r{i}",
+                dev=True,
+                end_to_end=True,
+                upstream=str(src),
+                init_head=str(src),
+            )
+        )
+        export_run(tmp_path / f"r{i}", tmp_path / f"b{i}")
+    link = read_bundle_config(tmp_path / "b2")["provenance"]["continued_from"]
+    assert link["bundle"] == str(tmp_path / "b1")
+    assert link["run"] == str((tmp_path / "r1").resolve()) and link["step"] is not None
+    assert link["continued_from"]["run"] == str((tmp_path / "r0").resolve())
+    assert link["continued_from"]["continued_from"] is None
+    card = (tmp_path / "b2" / "README.md").read_text()
+    assert f"run `{(tmp_path / 'r1').resolve()}`" in card
+    assert f"run `{(tmp_path / 'r0').resolve()}`" in card

@@ -39,3 +39,19 @@ def test_cnn_front_end_names_its_width_and_norm(sentence) -> None:
     up = config["upstream"]["config"]
     up.update(frontend="cnn", conv_norm="layer", conv_layers=[[128, 10, 5]])
     assert "(layer-norm 128-channel CNN, 3 unidirectional LSTM x 256)" in sentence(config, True)
+
+
+def test_continued_runs_name_their_first_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(ROOT / "scripts"))
+    from demo_export import continued_sentence
+
+    assert continued_sentence({"run": "runs/demo/ft_dkd_all_long"}) == ""
+    first = {"bundle": "models/default", "run": "/x/runs/demo/ft_dkd_all_long", "step": 8000}
+    once = {"continued_from": first}
+    assert "continued the shipped bundle once, first from run `ft_dkd_all_long`" in (
+        continued_sentence(once)
+    )
+    second = {"bundle": "models/default", "run": "/x/ft_dkd_all_shipped", "continued_from": first}
+    assert "2 times, first from run `ft_dkd_all_long`" in continued_sentence(
+        {"continued_from": second}
+    )

@@ -63,3 +63,32 @@ def test_paper_findings_are_checked_against_the_numbers(results) -> None:
     assert "beta 4 helps phone recognition*: holds" in better
     assert "speaker identification* (against feature distillation): does not hold" in better
     assert results.paper_findings([row("fbank", 0.85, 0.3)], {}) == []
+
+
+def test_previous_rows_are_carried_marked_and_lose_to_fresh_ones(results) -> None:
+    """A new machine lost the runs: rows come from the published results.json, marked, unless
+    this run measured them again; what this run still lacks stays pending."""
+    previous = json.loads((ROOT / "docs" / "results.json").read_text())
+    fresh = {**previous["finetuned_rows"][-1], "dev_cer": 0.3, "name": "ft_dkd_all_shipped"}
+    again = {**previous["rows"][0], "dev_cer": 0.2}  # fbank measured again
+    result = {
+        "sizes": "HOURS=4",
+        "layer_centres": {},
+        "teacher_iterations": [],
+        "rows": [again],
+        "finetuned_rows": [fresh],
+        "pending": ["ctc_teacher1", "ft_ce_all", "ft_new"],
+        "throughput": previous["throughput"],
+    }
+    merged = results.carry_previous(result, previous)
+    names = [r["name"] for r in merged["rows"]]
+    assert names == [r["name"] for r in previous["rows"]]
+    assert merged["rows"][0] is again and not again.get("carried")
+    assert all(r["carried"] for r in merged["rows"][1:])
+    assert merged["finetuned_rows"][-1] is fresh
+    assert len(merged["finetuned_rows"]) == len(previous["finetuned_rows"]) + 1
+    assert merged["pending"] == ["ft_new"]
+    assert merged["teacher_iterations"] == previous["teacher_iterations"]
+    md = results.render_markdown(merged)
+    assert md.count(" (carried) |") == len(previous["rows"]) - 1 + len(previous["finetuned_rows"])
+    assert "a new machine" in md and "`ft_new`" in md

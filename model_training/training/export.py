@@ -12,6 +12,7 @@ config.json's provenance.
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import os
 import platform
@@ -157,6 +158,7 @@ def model_card(name: str, config_facts: dict[str, Any], provenance: dict[str, An
         "",
         f"- fine-tuning run: `{provenance['run']}` (head from step {provenance.get('step')})",
     ]
+    lines += lineage_lines(provenance)
     if provenance.get("end_to_end"):
         lines.append("- the upstream was fine-tuned end to end with the head (CTC loss)")
     dev = provenance.get("dev")
@@ -267,6 +269,9 @@ def export_run(
         "end_to_end": bool(run_info.get("end_to_end")),
         "quantize": quantize,
     }
+    lineage = bundle_lineage(run_info["upstream"])
+    if lineage is not None:
+        provenance["continued_from"] = lineage
     fp32_eval = evaluate_recognizer(rec, manifest) if manifest is not None else None
     if fp32_eval is not None:
         provenance["evaluation"] = {"manifest": str(eval_manifest), "fp32": fp32_eval}
@@ -328,6 +333,43 @@ def export_run(
     _verify(out, fp16_rounded(model) if weights_dtype == "float16" else model, quantize)
     logger.info("wrote bundle %s (quantize=%s)", out, quantize)
     return provenance
+
+
+def bundle_lineage(upstream_ref: dict[str, Any]) -> dict[str, Any] | None:
+    """Where a run that continued a bundle came from: that bundle's run, step and dev scores,
+    and its own `continued_from`, read from its config.json when the run started from one.
+
+    Read at export time, before a publish may overwrite the bundle, so the chain of
+    continuations survives in each new bundle's provenance. None for any other upstream.
+    """
+    if upstream_ref.get("kind") != "bundle" or not upstream_ref.get("path"):
+        return None
+    config = Path(upstream_ref["path"]) / "config.json"
+    if not config.is_file():
+        return {"bundle": upstream_ref["path"], "run": None}
+    source = json.loads(config.read_text()).get("provenance", {})
+    return {
+        "bundle": upstream_ref["path"],
+        "run": source.get("run"),
+        "step": source.get("step"),
+        "dev": source.get("dev"),
+        "continued_from": source.get("continued_from"),
+    }
+
+
+def lineage_lines(provenance: dict[str, Any]) -> list[str]:
+    """The card's lines for a chain of continued bundles, newest first."""
+    lines = []
+    link = provenance.get("continued_from")
+    while link:
+        dev = link.get("dev") or {}
+        cer = f", dev CER {_fmt(dev['cer'])}" if dev.get("cer") is not None else ""
+        lines.append(
+            f"- continued from bundle `{link['bundle']}`: run `{link.get('run')}` "
+            f"(step {link.get('step')}{cer})"
+        )
+        link = link.get("continued_from")
+    return lines
 
 
 def fp16_rounded(model: nn.Module) -> nn.Module:
