@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -148,6 +149,13 @@ def main() -> None:
     args = parser.parse_args()
 
     best = best_run(args.runs, args.candidates.split())
+    source = source_bundle_if_better(args.runs, best)
+    if source is not None:  # the continuation lost to what it continued: ship that again
+        if args.out.exists():
+            shutil.rmtree(args.out)
+        shutil.copytree(source, args.out)
+        print(f"kept {source}: its dev scores beat {best}, the best candidate that continued it")
+        return
     provenance = export_run(
         args.runs / best,
         args.out,
@@ -207,6 +215,25 @@ def continued_sentence(provenance: dict[str, Any]) -> str:
         f", which continued the shipped bundle {times}, first from run `{first}`"
         " (the chain is under Training below)"
     )
+
+
+def source_bundle_if_better(runs: Path, run: str) -> Path | None:
+    """The bundle that `run` continued (its upstream, as in ft_dkd_all_shipped), when that
+    bundle's recorded dev (CER, WER) is lower than the run's own dev evaluation; else None.
+
+    Both are scored on the same dev split (the corpus is regenerated from its seed), so a
+    continuation that did not improve leaves the shipped model as it was."""
+    metrics = runs / run / "metrics.json"
+    upstream = json.loads(metrics.read_text()).get("upstream", {}) if metrics.is_file() else {}
+    if upstream.get("kind") != "bundle":
+        return None
+    source = Path(upstream["path"])
+    before = json.loads((source / "config.json").read_text()).get("provenance", {}).get("dev")
+    after = _eval(runs, run, "dev")
+    if not before or before.get("cer") is None or not after:
+        return None
+    better = (before["cer"], before["wer"]) <= (after["cer"], after["wer"])
+    return source if better else None
 
 
 def _signed(x: float | None) -> str:

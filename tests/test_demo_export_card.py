@@ -55,3 +55,30 @@ def test_continued_runs_name_their_first_run(monkeypatch: pytest.MonkeyPatch) ->
     assert "2 times, first from run `ft_dkd_all_long`" in continued_sentence(
         {"continued_from": second}
     )
+
+
+def test_a_continuation_that_lost_keeps_the_bundle_it_continued(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.syspath_prepend(str(ROOT / "scripts"))
+    from demo_export import source_bundle_if_better
+
+    bundle = tmp_path / "shipped"
+    bundle.mkdir()
+    dev = {"cer": 0.365, "wer": 0.82}
+    (bundle / "config.json").write_text(json.dumps({"provenance": {"dev": dev}}))
+    runs = tmp_path / "runs"
+    (runs / "eval").mkdir(parents=True)
+    for name, upstream in (("cont", {"kind": "bundle", "path": str(bundle)}), ("own", {})):
+        (runs / name).mkdir()
+        (runs / name / "metrics.json").write_text(json.dumps({"upstream": upstream}))
+
+    def scored(run: str, cer: float) -> None:
+        (runs / "eval" / f"{run}.dev.json").write_text(json.dumps({"cer": cer, "wer": 0.8}))
+
+    scored("cont", 0.40)
+    assert source_bundle_if_better(runs, "cont") == bundle
+    scored("cont", 0.30)
+    assert source_bundle_if_better(runs, "cont") is None
+    scored("own", 0.50)  # not a continuation: nothing to keep
+    assert source_bundle_if_better(runs, "own") is None

@@ -77,6 +77,30 @@ async def test_tiny_pipeline_into_a_temp_folder_then_serve_its_bundle(tmp_path: 
     rerun = subprocess.run([*cmd, "-q"], cwd=ROOT, capture_output=True, text=True)
     assert rerun.returncode == 0  # -q: every target is up to date, nothing left to run
 
+    # publish into a temp folder, then continue the published bundles (ft_*_shipped)
+    docs, models = tmp_path / "docs", tmp_path / "models"
+    docs.mkdir()
+    where = [f"PUBLISH_DOCS={docs}", f"PUBLISH_MODELS={models}", "FT_SHIPPED_STEPS=6"]
+    shipped = [f"{out}/stamps/eval_ft_{b}_all_shipped" for b in ("dkd", "causal")]
+    proc = subprocess.run([*cmd, *where, "publish", *shipped], cwd=ROOT, capture_output=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    cont = yaml.safe_load((out / "ft_causal_all_shipped" / "config.yaml").read_text())
+    assert cont["init_head"] == str(models / "streaming") and cont["max_steps"] == 6
+    export = [f"{python}/python", "scripts/demo_export.py", "--runs", str(out), "--name", "x"]
+    export += ["--fp16-manifest", str(out / "manifests" / "test_neural.tsv")]
+    export += ["--corpus-card", str(data / "card.json"), "--out", str(tmp_path / "next")]
+    proc = subprocess.run([*export, "--candidates", "ft_dkd_all_shipped"], cwd=ROOT)
+    assert proc.returncode == 0
+    # the continuation is shipped only if it beats the bundle it continued on dev
+    source = json.loads((models / "default" / "config.json").read_text())["provenance"]
+    scores = json.loads((out / "eval" / "ft_dkd_all_shipped.dev.json").read_text())
+    provenance = json.loads((tmp_path / "next" / "config.json").read_text())["provenance"]
+    if (scores["cer"], scores["wer"]) < (source["dev"]["cer"], source["dev"]["wer"]):
+        assert provenance["continued_from"]["bundle"] == str(models / "default")
+        assert provenance["continued_from"]["run"] == source["run"]
+    else:
+        assert provenance == source
+
     from tests.test_app_support import make_wav, wav_file
 
     async with serve(test_settings(out / "bundles" / "default")) as (_, client):
