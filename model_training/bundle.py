@@ -171,6 +171,22 @@ def save_bundle(
 WEIGHTS_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
 
+def bundle_lineage(upstream_ref: dict[str, Any]) -> dict[str, Any] | None:
+    """Where a run that continues a bundle comes from: that bundle's run, step, dev scores and
+    its own `continued_from`, so the chain of continuations survives in each new bundle's
+    provenance. None unless `upstream_ref` (a fine-tuning run's upstream) is a bundle."""
+    if upstream_ref.get("kind") != "bundle" or not upstream_ref.get("path"):
+        return None
+    source = read_bundle_config(upstream_ref["path"]).get("provenance", {})
+    return {
+        "bundle": upstream_ref["path"],
+        "run": source.get("run"),
+        "step": source.get("step"),
+        "dev": source.get("dev"),
+        "continued_from": source.get("continued_from"),
+    }
+
+
 def read_bundle_config(path: str | Path) -> dict[str, Any]:
     """Read and validate a bundle's config.json (no weights loaded)."""
     config_path = Path(path) / CONFIG_FILE

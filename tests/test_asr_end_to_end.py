@@ -207,7 +207,8 @@ def test_end_to_end_refuses_upstreams_without_trainable_weights(data, tmp_path) 
 
 def test_continued_bundles_keep_their_lineage(data, tmp_path) -> None:
     """A run that continues a bundle (its upstream and head) exports a bundle whose provenance
-    and card name the bundle, run and step it came from, through two continuations."""
+    and card name the bundle, run and step it came from, through two continuations, as they
+    were when the run started."""
     from model_training.training.export import export_run
 
     run(_config(data, tmp_path / "r0", dev=True, end_to_end=True))
@@ -225,6 +226,10 @@ def test_continued_bundles_keep_their_lineage(data, tmp_path) -> None:
                 init_head=str(src),
             )
         )
+        if i == 2:  # a publish replaces the continued bundle before the export: no matter
+            config = json.loads((src / "config.json").read_text())
+            config["provenance"] = {"run": "a later run"}
+            (src / "config.json").write_text(json.dumps(config))
         export_run(tmp_path / f"r{i}", tmp_path / f"b{i}")
     link = read_bundle_config(tmp_path / "b2")["provenance"]["continued_from"]
     assert link["bundle"] == str(tmp_path / "b1")

@@ -12,7 +12,6 @@ config.json's provenance.
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import os
 import platform
@@ -24,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from model_training.bundle import load_bundle, quantize_dynamic_int8, save_bundle
+from model_training.bundle import bundle_lineage, load_bundle, quantize_dynamic_int8, save_bundle
 from model_training.data.collate import AudioBatch
 from model_training.data.manifest import Manifest, read_manifest
 from model_training.decoding import greedy_ctc_decode_batch
@@ -269,7 +268,9 @@ def export_run(
         "end_to_end": bool(run_info.get("end_to_end")),
         "quantize": quantize,
     }
-    lineage = bundle_lineage(run_info["upstream"])
+    # taken when the run started (a publish may have replaced the bundle since); runs from
+    # before that snapshot existed read the bundle now
+    lineage = run_info["upstream"].get("continued_from") or bundle_lineage(run_info["upstream"])
     if lineage is not None:
         provenance["continued_from"] = lineage
     fp32_eval = evaluate_recognizer(rec, manifest) if manifest is not None else None
@@ -333,28 +334,6 @@ def export_run(
     _verify(out, fp16_rounded(model) if weights_dtype == "float16" else model, quantize)
     logger.info("wrote bundle %s (quantize=%s)", out, quantize)
     return provenance
-
-
-def bundle_lineage(upstream_ref: dict[str, Any]) -> dict[str, Any] | None:
-    """Where a run that continued a bundle came from: that bundle's run, step and dev scores,
-    and its own `continued_from`, read from its config.json when the run started from one.
-
-    Read at export time, before a publish may overwrite the bundle, so the chain of
-    continuations survives in each new bundle's provenance. None for any other upstream.
-    """
-    if upstream_ref.get("kind") != "bundle" or not upstream_ref.get("path"):
-        return None
-    config = Path(upstream_ref["path"]) / "config.json"
-    if not config.is_file():
-        return {"bundle": upstream_ref["path"], "run": None}
-    source = json.loads(config.read_text()).get("provenance", {})
-    return {
-        "bundle": upstream_ref["path"],
-        "run": source.get("run"),
-        "step": source.get("step"),
-        "dev": source.get("dev"),
-        "continued_from": source.get("continued_from"),
-    }
 
 
 def lineage_lines(provenance: dict[str, Any]) -> list[str]:

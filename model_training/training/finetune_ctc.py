@@ -59,7 +59,7 @@ import yaml
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from model_training.bundle import strip_for_inference
+from model_training.bundle import bundle_lineage, strip_for_inference
 from model_training.data.audio import SAMPLE_RATE
 from model_training.data.collate import AudioBatch
 from model_training.data.manifest import Manifest, read_manifest
@@ -572,6 +572,9 @@ def _run(cfg: FinetuneConfig) -> Path:
     if cfg.upstream == "fbank":
         spec = {"kind": "fbank", "path": None, "config": dict(cfg.fbank)}
     upstream, upstream_ref = load_upstream(spec, device, seed=cfg.seed)
+    lineage = bundle_lineage(upstream_ref)
+    if lineage is not None:  # snapshot now: a publish may replace the bundle before export
+        upstream_ref = {**upstream_ref, "continued_from": lineage}
     trained = None
     if cfg.end_to_end:
         trained = upstream = trainable_upstream(upstream, upstream_ref, cfg).to(device)
