@@ -60,6 +60,8 @@ sentences nor voices; Kokoro af_sarah, am_adam, bf_isabella, bm_lewis are never 
 
     make demo-model      # scripts/demo.mk: every stage resumes; sizes are variables
     make demo-publish    # copies the bundles to models/ and the results to docs/
+    # continue the shipped bundle on the corpus (FT_SHIPPED_STEPS); ships only if it wins on dev
+    make -f scripts/demo.mk runs/demo/stamps/eval_ft_dkd_all_shipped
 
 ## Build the real thing
 

@@ -92,20 +92,24 @@ def finetuned_description(runs: Path, run: str) -> str:
         stopped = done is not None and done < planned
         source = settings.get("init_head")
         if source:  # a continuation: of a run (ft_dkd_all_more) or of a shipped bundle
-            text += f", {continued_what(Path(source))} continued"
+            info = json.loads(metrics.read_text()) if metrics.is_file() else {}
+            lineage = info.get("upstream", {}).get("continued_from")
+            text += f", {continued_what(Path(source), lineage)} continued"
         text += f", stopped at step {done} of {planned}" if stopped else f", {planned} steps"
     return text
 
 
-def continued_what(source: Path) -> str:
+def continued_what(source: Path, lineage: dict[str, Any] | None) -> str:
     """A continued run's source: the run's name, or for a bundle "the bundle models/default
-    (from run R, step N)", read from the bundle's provenance."""
+    (from run R, step N)", from the lineage the run recorded when it started (the bundle may
+    have been replaced since), else from the bundle's provenance now."""
     config = source / "config.json"
-    if not config.is_file():
+    if not lineage and not config.is_file():
         return source.name
-    provenance = json.loads(config.read_text()).get("provenance") or {}
-    run = Path(str(provenance.get("run"))).name
-    return f"the bundle {source} (from {run}, step {provenance.get('step')})"
+    if not lineage:
+        lineage = json.loads(config.read_text()).get("provenance") or {}
+    run = Path(str(lineage.get("run"))).name
+    return f"the bundle {source} (from {run}, step {lineage.get('step')})"
 
 
 def teacher_accuracy(runs: Path) -> list[dict[str, Any]]:
@@ -374,9 +378,9 @@ def _still_improving_note(rows: list[dict[str, Any]], prefix: str, what: str) ->
     names = ", ".join(f"{r['name']} ({r[f'{prefix}_steps']})" for r in capped)
     return [
         "",
-        f"{what} whose best dev score came at their last evaluation, so the step cap (steps in "
-        f"brackets) stopped them, not patience, and more steps would likely lower their "
-        f"numbers: {names}.",
+        f"{what} whose best dev score came at their last evaluation, so the step cap or the "
+        f"end of a session (last step in brackets) stopped them, not patience, and more steps "
+        f"would likely lower their numbers: {names}.",
     ]
 
 

@@ -69,8 +69,10 @@ def test_previous_rows_are_carried_marked_and_lose_to_fresh_ones(results) -> Non
     """A new machine lost the runs: rows come from the published results.json, marked, unless
     this run measured them again; what this run still lacks stays pending."""
     previous = json.loads((ROOT / "docs" / "results.json").read_text())
-    fresh = {**previous["finetuned_rows"][-1], "dev_cer": 0.3, "name": "ft_dkd_all_shipped"}
+    fresh = {**previous["finetuned_rows"][-1], "dev_cer": 0.3, "name": "ft_not_published_yet"}
     again = {**previous["rows"][0], "dev_cer": 0.2}  # fbank measured again
+    for row in (fresh, again):
+        row.pop("carried", None)
     result = {
         "sizes": "HOURS=4",
         "layer_centres": {},
