@@ -267,6 +267,7 @@ $(S)/results: $(HEADS:%=$(S)/eval_ctc_%) $(FT_RUNS:%=$(S)/eval_%) $(FT_MORE:%=$(
 	  --threads $(JOB_THREADS) --sizes "$(strip $(SIZES))"
 
 publish: $(S)/results $(S)/export_default $(S)/export_streaming
+	mkdir -p $(PUBLISH_DOCS) $(PUBLISH_MODELS)
 	cp $(OUT)/results.md $(PUBLISH_DOCS)/results.md
 	cp $(OUT)/results.json $(PUBLISH_DOCS)/results.json
 	if [ -d $(OUT)/img ]; then mkdir -p $(PUBLISH_DOCS)/img && cp $(OUT)/img/* $(PUBLISH_DOCS)/img/; fi
