@@ -187,6 +187,15 @@ def bundle_lineage(upstream_ref: dict[str, Any]) -> dict[str, Any] | None:
     }
 
 
+def lineage_chain(provenance: dict[str, Any]) -> list[dict[str, Any]]:
+    """The bundles a provenance's run continued (`continued_from` links), newest first."""
+    chain, link = [], provenance.get("continued_from")
+    while link:
+        chain.append(link)
+        link = link.get("continued_from")
+    return chain
+
+
 def read_bundle_config(path: str | Path) -> dict[str, Any]:
     """Read and validate a bundle's config.json (no weights loaded)."""
     config_path = Path(path) / CONFIG_FILE

@@ -17,7 +17,7 @@ from typing import Any
 
 from demo_pick import best_run
 
-from model_training.bundle import load_bundle
+from model_training.bundle import lineage_chain, load_bundle
 from model_training.training.export import export_run
 
 SPLITS = {
@@ -204,11 +204,7 @@ def main() -> None:
 
 def continued_sentence(provenance: dict[str, Any]) -> str:
     """For a run that continued a shipped bundle: how many times, and from which first run."""
-    chain = []
-    link = provenance.get("continued_from")
-    while link:
-        chain.append(link)
-        link = link.get("continued_from")
+    chain = lineage_chain(provenance)
     if not chain:
         return ""
     first = Path(str(chain[-1].get("run"))).name

@@ -23,7 +23,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from model_training.bundle import bundle_lineage, load_bundle, quantize_dynamic_int8, save_bundle
+from model_training.bundle import (
+    bundle_lineage,
+    lineage_chain,
+    load_bundle,
+    quantize_dynamic_int8,
+    save_bundle,
+)
 from model_training.data.collate import AudioBatch
 from model_training.data.manifest import Manifest, read_manifest
 from model_training.decoding import greedy_ctc_decode_batch
@@ -339,15 +345,13 @@ def export_run(
 def lineage_lines(provenance: dict[str, Any]) -> list[str]:
     """The card's lines for a chain of continued bundles, newest first."""
     lines = []
-    link = provenance.get("continued_from")
-    while link:
+    for link in lineage_chain(provenance):
         dev = link.get("dev") or {}
         cer = f", dev CER {_fmt(dev['cer'])}" if dev.get("cer") is not None else ""
         lines.append(
             f"- continued from bundle `{link['bundle']}`: run `{link.get('run')}` "
             f"(step {link.get('step')}{cer})"
         )
-        link = link.get("continued_from")
     return lines
 
 
