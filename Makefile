@@ -11,10 +11,11 @@ APT_PACKAGES := espeak-ng sox libsox-fmt-all ffmpeg libsndfile1 festival flite f
 	festvox-kdlpc16k festvox-us-slt-hts fortunes wordnet-base bible-kjv bible-kjv-text prometheus docker-compose \
 	chromium chromium-driver
 # Only for `make test-image` (not part of `make setup`): podman with runc (crun refuses this kind
-# of kernel's hybrid cgroups), netavark + aardvark-dns for the compose network's names, mmdebstrap
-# for the local Debian 12 base. podman-compose comes from PyPI (the `image` extra): Debian 12's
+# of kernel's hybrid cgroups), netavark + aardvark-dns for the compose network's names, iptables
+# (netavark's firewall driver: without it every published port fails with "netavark: No such file
+# or directory", and Debian's netavark does not depend on it), mmdebstrap for the local Debian 12 base. podman-compose comes from PyPI (the `image` extra): Debian 12's
 # 1.0.3 ignores compose profiles and network aliases.
-IMAGE_APT_PACKAGES := podman runc netavark aardvark-dns mmdebstrap
+IMAGE_APT_PACKAGES := podman runc netavark aardvark-dns iptables mmdebstrap
 IMAGE_STAMP := $(VENV)/.installed-image
 PORT ?= 8000
 MODEL_DIR ?= models/default

@@ -62,8 +62,9 @@ PIP_KEYS = {
 
 
 def missing_tools() -> list[str]:
-    """The programs the image tests need that are not on PATH."""
-    return [t for t in ("podman", "runc", "mmdebstrap") if shutil.which(t) is None]
+    """The programs the image tests need that are not on PATH (iptables: netavark's firewall
+    driver, without which every published port fails)."""
+    return [t for t in ("podman", "runc", "iptables", "mmdebstrap") if shutil.which(t) is None]
 
 
 def pip_settings() -> dict[str, str]:
