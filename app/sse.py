@@ -31,7 +31,7 @@ from app.audio import DecodedAudio
 from app.errors import OverloadedError, RequestTimeoutError, error_body
 from app.service import ServedModel, Service, unless_disconnected
 from app.step_batcher import StreamHandle, StreamsFullError
-from model_training.decoding import Transcript, greedy_ctc_decode
+from model_training.decoding import Transcript
 
 MEDIA_TYPE = "text/event-stream"
 
@@ -63,14 +63,12 @@ async def streamed_transcription(
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     if served.streams is None:  # compute first, so that errors keep their status codes
         bundle = served.bundle
-        assert bundle.vocab is not None
+        assert bundle.vocab is not None and bundle.decode is not None
         result = await unless_disconnected(
             request, service.infer(audio.waveform, served.name, deadline)
         )
         assert result.log_probs is not None
-        transcript = await service.run_torch(
-            greedy_ctc_decode, result.log_probs, bundle.vocab, 1.0 / bundle.frame_rate
-        )
+        transcript = await service.run_torch(bundle.decode, result.log_probs)
         return StreamingResponse(_word_events(transcript), media_type=MEDIA_TYPE, headers=headers)
     try:
         handle = served.streams.open(bounded=False)

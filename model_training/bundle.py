@@ -5,6 +5,8 @@ A directory with
                        sample rate, frame rate, layer names, quantization, provenance
     model.safetensors  fp32 weights ("upstream.*" and, with a recognizer, "head.*")
     README.md          the model card
+    lm.arpa.gz         optional: a word n-gram LM; config.json's "decoder" then asks for
+                       lexicon + LM beam search instead of greedy decoding (`attach_lm`)
 No pickle is ever loaded: the model is rebuilt from config.json and the weights are safetensors.
 `quantize: "int8"` is applied at load time with dynamic quantization of LSTM and Linear layers
 (int8 weights are not a safetensors-portable format, and the fp32 weights keep the bundle
@@ -16,7 +18,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass
+import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +27,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from model_training.decoding import LMDecoderConfig, UtteranceDecoder, make_decoder
 from model_training.models.ctc import ASRModel, CTCHead, CTCHeadConfig
 from model_training.models.registry import build_upstream, inference_config, upstream_type_name
 from model_training.text import CharVocab
@@ -35,6 +39,7 @@ BUNDLE_VERSION = 1
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 CARD_FILE = "README.md"
+LM_FILE = "lm.arpa.gz"
 QUANTIZE_CHOICES = (None, "int8")
 
 
@@ -46,6 +51,13 @@ class Bundle:
     vocab: CharVocab | None
     config: dict[str, Any]
     path: Path
+    # (T, V) log-probs -> Transcript: greedy, or the bundle's lexicon + LM beam search
+    decode: UtteranceDecoder | None = field(default=None, repr=False)
+
+    @property
+    def decoder_name(self) -> str:
+        """ "greedy" or "lexicon_lm" (what `decode` does), for the API and reports."""
+        return str((self.config.get("decoder") or {}).get("type", "greedy"))
 
     @property
     def has_ctc(self) -> bool:
@@ -245,4 +257,55 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
     else:
         model.to(device)
     vocab = CharVocab.from_config(config["vocab"]) if config.get("vocab") else None
-    return Bundle(model=model, vocab=vocab, config=config, path=path)
+    decode = None
+    if vocab is not None:
+        decode = make_decoder(vocab, 1.0 / float(config["frame_rate"]), config.get("decoder"), path)
+    return Bundle(model=model, vocab=vocab, config=config, path=path, decode=decode)
+
+
+def attach_lm(
+    bundle_dir: str | Path,
+    lm_path: str | Path,
+    decoder: LMDecoderConfig,
+    provenance: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Ship a word n-gram LM (ARPA, gzip-compressed) in a recognizer bundle and make lexicon +
+    LM beam search its decoder; returns the config's new "decoder" entry.
+
+    `provenance` (text, order, pruning, tuning) is stored with it; the card gets a section.
+    Checks first that the LM loads and decodes with the bundle's vocabulary."""
+    bundle_dir, lm_path = Path(bundle_dir), Path(lm_path)
+    config = read_bundle_config(bundle_dir)
+    if not config.get("vocab"):
+        raise ValueError(f"bundle {bundle_dir} has no CTC head: a language model needs one")
+    if not str(lm_path).endswith(".gz"):
+        raise ValueError(f"expected a gzip-compressed ARPA file (*.arpa.gz), found {lm_path}")
+    spec = {**decoder.to_dict(), "lm": LM_FILE}
+    vocab = CharVocab.from_config(config["vocab"])
+    make_decoder(vocab, 1.0 / float(config["frame_rate"]), {**spec, "lm": str(lm_path)})
+    if lm_path.resolve() != (bundle_dir / LM_FILE).resolve():
+        shutil.copyfile(lm_path, bundle_dir / LM_FILE)
+    _chmod_like_new_file(bundle_dir / LM_FILE)
+    config["decoder"] = {**spec, "provenance": provenance or {}}
+    (bundle_dir / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+    card = bundle_dir / CARD_FILE
+    section = _lm_card_section(config["decoder"])
+    text = card.read_text() if card.is_file() else ""
+    marker = "\n## Decoding\n"
+    if marker in text:
+        text = text[: text.index(marker)]
+    card.write_text(text.rstrip("\n") + "\n" + section)
+    return config["decoder"]
+
+
+def _lm_card_section(spec: dict[str, Any]) -> str:
+    prov = spec.get("provenance") or {}
+    facts = "".join(f"- {k}: {v}\n" for k, v in prov.items() if k != "grid")
+    return (
+        "\n## Decoding\n\n"
+        f"Transcripts come from CTC beam search (beam {spec['beam_size']}) over a lexicon of the "
+        f"language model's words, scored by a word n-gram LM (`{LM_FILE}`, LM weight "
+        f"{spec['lm_weight']}, word score {spec['word_score']}). Words outside that vocabulary "
+        "cannot be transcribed. Live streams (`/v1/realtime`) stay greedy: beam search may "
+        "revise earlier words, and a stream's text is append-only.\n\n" + facts
+    )

@@ -1,10 +1,24 @@
-"""Greedy CTC decoding with word timestamps: the one decoder of training, evaluation, serving and
-streaming (frames pushed chunk by chunk give the same transcript, append-only)."""
+"""CTC decoding with word timestamps: the one decoder module of training, evaluation, serving and
+streaming.
+
+- Greedy (best path): frames pushed chunk by chunk give the same transcript, append-only; the
+  streaming path and every model without a language model use it.
+- Lexicon + word n-gram LM beam search (flashlight's decoder through torchaudio, KenLM reading
+  an ARPA file): words come only from the LM's vocabulary and the LM scores word sequences.
+  A bundle that ships an LM (`config.json` "decoder") decodes whole utterances with it.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+import gzip
+import os
+import tempfile
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -180,9 +194,177 @@ def greedy_ctc_decode_batch(
     log_probs: Tensor, lengths: Tensor, vocab: CharVocab, frame_seconds: float
 ) -> list[Transcript]:
     """log_probs: (B, T, V); lengths: (B,) valid frames -> one `Transcript` per item."""
-    lengths_list = lengths.tolist()
+    decoder = partial(greedy_ctc_decode, vocab=vocab, frame_seconds=frame_seconds)
+    return decode_batch(decoder, log_probs, lengths)
+
+
+# ----------------------------------------------------------------------------- lexicon + LM
+
+# What `decoder.type` names in a bundle's config.json.
+LM_DECODER_TYPE = "lexicon_lm"
+UtteranceDecoder = Callable[[Tensor], Transcript]  # (T, V) log-probs -> Transcript
+
+
+@dataclass(frozen=True)
+class LMDecoderConfig:
+    """Beam search settings; `lm` is an ARPA file (.arpa or .arpa.gz), relative to the bundle.
+
+    `lm_weight` scales the LM's log-probability, `word_score` is added per word (both tuned on
+    dev), `beam_size` hypotheses are kept per frame."""
+
+    lm: str
+    lm_weight: float = 2.0
+    word_score: float = 0.0
+    beam_size: int = 50
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": LM_DECODER_TYPE, **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, spec: dict[str, Any]) -> LMDecoderConfig:
+        if spec.get("type") != LM_DECODER_TYPE:
+            raise ValueError(
+                f"unknown decoder type {spec.get('type')!r} (known: {LM_DECODER_TYPE})"
+            )
+        return cls(
+            lm=str(spec["lm"]),
+            lm_weight=float(spec.get("lm_weight", 2.0)),
+            word_score=float(spec.get("word_score", 0.0)),
+            beam_size=int(spec.get("beam_size", 50)),
+        )
+
+
+def arpa_words(path: str | os.PathLike) -> list[str]:
+    """The words of an ARPA file's unigram section (<s>, </s> and <unk> left out)."""
+    opener = gzip.open if str(path).endswith(".gz") else open
+    words: list[str] = []
+    in_unigrams = False
+    with opener(path, "rt", encoding="utf-8") as f:
+        for line in f:
+            line = line.strip()
+            if line == "\\1-grams:":
+                in_unigrams = True
+            elif in_unigrams and line.startswith("\\"):
+                break
+            elif in_unigrams and line:
+                word = line.split("\t")[1] if "\t" in line else line.split()[1]
+                if word not in ("<s>", "</s>", "<unk>"):
+                    words.append(word)
+    if not words:
+        raise ValueError(f"{path} has no unigrams: not an ARPA language model")
+    return words
+
+
+class LexiconLMDecoder:
+    """CTC beam search constrained to a lexicon and scored by a word n-gram LM.
+
+    The lexicon is the LM's vocabulary spelled in the CTC characters (words with other
+    characters are left out). Decoding is serialised by a lock: flashlight's decoder keeps
+    per-call state, and one decoder serves every request of a bundle.
+    """
+
+    def __init__(
+        self,
+        vocab: CharVocab,
+        lm_path: str | os.PathLike,
+        frame_seconds: float,
+        config: LMDecoderConfig,
+    ) -> None:
+        from torchaudio.models.decoder import ctc_decoder
+
+        self.vocab = vocab
+        self.frame_seconds = frame_seconds
+        self.config = config
+        letters = set(vocab.tokens[1:]) - {vocab.tokens[vocab.word_sep_id]}
+        words = [w for w in arpa_words(lm_path) if set(w) <= letters]
+        sep = vocab.tokens[vocab.word_sep_id]
+        with tempfile.NamedTemporaryFile("w", suffix=".lexicon", delete=False) as f:
+            for word in words:
+                f.write(f"{word}\t{' '.join(word)} {sep}\n")
+        try:
+            self._decoder = ctc_decoder(
+                lexicon=f.name,
+                tokens=list(vocab.tokens),
+                lm=str(lm_path),
+                beam_size=config.beam_size,
+                lm_weight=config.lm_weight,
+                word_score=config.word_score,
+                blank_token=vocab.tokens[vocab.blank_id],
+                sil_token=sep,
+                unk_word="<unk>",
+            )
+        finally:
+            os.unlink(f.name)
+        self.lexicon_size = len(words)
+        self._lock = threading.Lock()
+
+    def __call__(self, log_probs: Tensor) -> Transcript:
+        """(T, V) log-probabilities of one utterance -> its best `Transcript`."""
+        if log_probs.dim() != 2 or log_probs.shape[1] != len(self.vocab):
+            raise ValueError(
+                f"expected log_probs of shape (T, {len(self.vocab)}), "
+                f"found {tuple(log_probs.shape)}"
+            )
+        emissions = log_probs.detach().float().cpu().contiguous()
+        transcript = Transcript(text="", duration=emissions.shape[0] * self.frame_seconds)
+        if emissions.shape[0] == 0:
+            return transcript
+        with self._lock:
+            best = self._decoder(emissions.unsqueeze(0))[0][0]
+        probs = emissions.exp()
+        spelled: list[WordTiming] = []  # every letter run of the best token path, timed
+        chars: list[tuple[str, int, float]] = []
+        for token, t in zip(best.tokens.tolist(), best.timesteps.tolist(), strict=True):
+            if token in (self.vocab.word_sep_id, self.vocab.blank_id):
+                self._add_word(spelled, chars)
+                continue
+            frame = min(int(t), emissions.shape[0] - 1)
+            chars.append((self.vocab.tokens[token], frame, float(probs[frame, token])))
+        self._add_word(spelled, chars)
+        # The path can end inside a word that the lexicon never completed: the decoder's words
+        # are the transcript, each timed by its letter run.
+        runs = iter(spelled)
+        for word in best.words:
+            timing = next((r for r in runs if r.word == word), None)
+            if timing is None:  # not expected; keep the word, timed at the end
+                end = round(emissions.shape[0] * self.frame_seconds, 3)
+                timing = WordTiming(word, end, end, 0.0)
+            transcript.words.append(timing)
+        transcript.text = " ".join(w.word for w in transcript.words)
+        return transcript
+
+    def _add_word(self, words: list[WordTiming], chars: list[tuple[str, int, float]]) -> None:
+        if not chars:
+            return
+        words.append(
+            WordTiming(
+                word="".join(c for c, _, _ in chars),
+                start=round(chars[0][1] * self.frame_seconds, 3),
+                end=round((chars[-1][1] + 1) * self.frame_seconds, 3),
+                confidence=round(sum(p for _, _, p in chars) / len(chars), 4),
+            )
+        )
+        chars.clear()
+
+
+def make_decoder(
+    vocab: CharVocab,
+    frame_seconds: float,
+    spec: dict[str, Any] | None = None,
+    root: str | os.PathLike | None = None,
+) -> UtteranceDecoder:
+    """The utterance decoder a bundle's "decoder" entry asks for: greedy when `spec` is None,
+    else `LexiconLMDecoder` with the LM at `root / spec["lm"]`."""
+    if not spec:
+        return partial(greedy_ctc_decode, vocab=vocab, frame_seconds=frame_seconds)
+    config = LMDecoderConfig.from_dict(spec)
+    lm_path = Path(root or ".") / config.lm
+    if not lm_path.is_file():
+        raise FileNotFoundError(f"the decoder's language model {lm_path} is missing")
+    return LexiconLMDecoder(vocab, lm_path, frame_seconds, config)
+
+
+def decode_batch(decoder: UtteranceDecoder, log_probs: Tensor, lengths: Tensor) -> list[Transcript]:
+    """log_probs: (B, T, V); lengths: (B,) valid frames -> one `Transcript` per item."""
     with torch.no_grad():
-        return [
-            greedy_ctc_decode(log_probs[b, : int(n)], vocab, frame_seconds)
-            for b, n in enumerate(lengths_list)
-        ]
+        return [decoder(log_probs[b, : int(n)]) for b, n in enumerate(lengths.tolist())]

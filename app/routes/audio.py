@@ -21,7 +21,7 @@ from app.inference import ItemResult
 from app.service import Service, unless_disconnected
 from app.sse import streamed_transcription
 from model_training.bundle import Bundle
-from model_training.decoding import Transcript, greedy_ctc_decode
+from model_training.decoding import Transcript
 
 # The API key is checked before the body is read, by app.middleware.AdmissionMiddleware.
 router = APIRouter(
@@ -80,7 +80,8 @@ async def create_transcription(
     ] = False,
     service: Service = Depends(get_service),
 ) -> Response:
-    """Transcribe one file with greedy CTC decoding (no language model).
+    """Transcribe one file with the bundle's decoder: CTC beam search over its word LM when it
+    ships one (`lm.arpa.gz`), else greedy CTC.
 
     `model` picks a served model by id (others, e.g. `whisper-1`, get the default one).
     With `stream=true` (json or text format) the answer is server-sent events as OpenAI
@@ -88,7 +89,7 @@ async def create_transcription(
     as the audio is computed, and the deltas joined are the `done` text.
     """
     bundle, _ = service.require_ready(model)
-    if not bundle.has_ctc or bundle.vocab is None:
+    if not bundle.has_ctc or bundle.vocab is None or bundle.decode is None:
         raise BadRequestError(
             f"model {bundle.name!r} has no CTC head: it serves embeddings only", param="model"
         )
@@ -106,9 +107,7 @@ async def create_transcription(
             )
         result = await unless_disconnected(request, service.infer(audio.waveform, model, deadline))
         assert result.log_probs is not None
-        transcript = await service.run_torch(
-            greedy_ctc_decode, result.log_probs, bundle.vocab, 1.0 / bundle.frame_rate
-        )
+        transcript = await service.run_torch(bundle.decode, result.log_probs)
         transcript.duration = audio.duration
         # Formatting off the event loop too, so the deadline covers it.
         return await service.run_in_pool(

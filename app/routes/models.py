@@ -35,6 +35,8 @@ def model_card(served: ServedModel) -> dict:
         "frame_rate": bundle.frame_rate,
         "layers": bundle.layer_names,
         "hidden_dims": bundle.config.get("hidden_dims"),
+        # greedy | lexicon_lm (CTC beam search over the bundle's word LM); null: no CTC head
+        "decoder": bundle.decoder_name if bundle.has_ctc else None,
     }
 
 

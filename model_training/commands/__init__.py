@@ -7,7 +7,7 @@ import importlib
 import typer
 
 # Order is the order in `hubert-lstm --help`.
-_MODULES = ("info", "data", "teacher", "distill", "asr", "probes", "serve")
+_MODULES = ("info", "data", "teacher", "distill", "asr", "lm", "probes", "serve")
 
 
 def register_all(app: typer.Typer) -> None:

@@ -96,9 +96,32 @@ def evaluate(
     task: str | None = typer.Option(
         None, "--task", help="asr | pr: check the model is that kind of head (default: any)."
     ),
+    decoder: str = typer.Option(
+        "auto",
+        "--decoder",
+        help="auto (the bundle's: lexicon + LM when it ships one, else greedy) | greedy | lm "
+        "(lexicon + word n-gram LM beam search with --lm).",
+    ),
+    lm: Path | None = typer.Option(
+        None, "--lm", help="ARPA LM (.arpa / .arpa.gz) for --decoder lm."
+    ),
+    lm_weight: float = typer.Option(2.0, "--lm-weight", help="--decoder lm: LM weight."),
+    word_score: float = typer.Option(0.0, "--word-score", help="--decoder lm: score per word."),
+    beam_size: int = typer.Option(50, "--beam-size", help="--decoder lm: beam size."),
 ) -> None:
     """Print JSON: wer, cer (a PR head: per), utterances, audio_seconds, rtf, parameters."""
+    from model_training.decoding import LMDecoderConfig
     from model_training.training.evaluate import evaluate as run_evaluate
+
+    if decoder not in ("auto", "greedy", "lm"):
+        raise typer.BadParameter(
+            f"expected auto, greedy or lm: {decoder!r}", param_hint="--decoder"
+        )
+    if decoder == "lm" and lm is None:
+        raise typer.BadParameter("--decoder lm needs --lm", param_hint="--lm")
+    lm_config = (
+        LMDecoderConfig(str(lm), lm_weight, word_score, beam_size) if lm is not None else None
+    )
 
     result = run_evaluate(
         model,
@@ -109,6 +132,8 @@ def evaluate(
         details_path=details,
         precision=precision,
         task=task,
+        decoder=decoder,
+        lm=lm_config,
     )
     text = json.dumps(result, indent=2)
     if output:

@@ -24,7 +24,7 @@ import logging
 import os
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,14 @@ from model_training.data.collate import AudioBatch, collate_audio
 from model_training.data.dataset import AudioDataset
 from model_training.data.manifest import Manifest, read_manifest
 from model_training.data.sampler import LengthBucketSampler
-from model_training.decoding import Transcript, greedy_ctc_decode_batch
+from model_training.decoding import (
+    LMDecoderConfig,
+    Transcript,
+    UtteranceDecoder,
+    decode_batch,
+    greedy_ctc_decode_batch,
+    make_decoder,
+)
 from model_training.models.ctc import ASRModel, CTCHead, CTCHeadConfig
 from model_training.models.registry import upstream_type_name
 from model_training.phones import PhoneVocab
@@ -185,6 +192,8 @@ class Recognizer:
     parameters: int
     info: dict[str, Any] = field(default_factory=dict)
     task: TextTask | None = None  # None: ASR on `vocab`
+    decoder: UtteranceDecoder | None = None  # None: greedy; a bundle's LM decoder, or one given
+    decoder_spec: dict[str, Any] | None = None  # what `decoder` is, for reports (None: greedy)
 
     @property
     def text_task(self) -> TextTask:
@@ -274,6 +283,8 @@ def load_recognizer(path: str | os.PathLike, device: str | torch.device = "cpu")
             path=path,
             parameters=int(bundle.config.get("parameters") or count_parameters(bundle.model)),
             info={"quantize": bundle.config.get("quantize"), "name": bundle.name},
+            decoder=bundle.decode if bundle.config.get("decoder") else None,
+            decoder_spec=bundle.config.get("decoder"),
         )
     head_dir = path / BEST_DIR if (path / BEST_DIR / HEAD_META).is_file() else path
     if not (head_dir / HEAD_META).is_file():
@@ -350,16 +361,44 @@ def transcribe_batch(
     vocab: CharVocab | PhoneVocab,
     batch: AudioBatch,
     device: str | torch.device = "cpu",
+    decoder: UtteranceDecoder | None = None,
 ) -> list[Transcript]:
-    """Greedy transcripts (with word timestamps) of one padded batch; for a phone vocabulary
-    the text is the space-separated phones (no timestamps)."""
+    """Transcripts (with word timestamps) of one padded batch, greedy unless `decoder` is given
+    (e.g. a lexicon + LM beam search); for a phone vocabulary the text is the space-separated
+    phones (no timestamps)."""
     batch = batch.to(device)
     out, log_probs = model(batch.waveforms, batch.lengths)
     frame_seconds = 1.0 / float(model.frame_rate)
     if isinstance(vocab, PhoneVocab):
         texts = TextTask("pr", vocab).decode(log_probs.cpu(), out.lengths.cpu(), frame_seconds)
         return [Transcript(text=t) for t in texts]
+    if decoder is not None:
+        return decode_batch(decoder, log_probs.cpu(), out.lengths.cpu())
     return greedy_ctc_decode_batch(log_probs.cpu(), out.lengths.cpu(), vocab, frame_seconds)
+
+
+def with_decoder(
+    recognizer: Recognizer, decoder: str = "auto", lm: LMDecoderConfig | None = None
+) -> Recognizer:
+    """The recognizer decoding as asked: "auto" keeps its own (a bundle's LM, else greedy),
+    "greedy" drops any LM, "lm" uses `lm` (an ARPA path and beam settings)."""
+    if decoder == "auto":
+        return recognizer
+    if decoder == "greedy":
+        return replace(recognizer, decoder=None, decoder_spec=None)
+    if decoder != "lm":
+        raise ValueError(f"decoder must be auto, greedy or lm, found {decoder!r}")
+    if lm is None:
+        raise ValueError("decoder=lm needs a language model (--lm)")
+    if not isinstance(recognizer.vocab, CharVocab):
+        raise ValueError("a word language model needs a character (ASR) head")
+    frame_seconds = 1.0 / float(recognizer.model.frame_rate)
+    spec = {**lm.to_dict(), "lm": str(Path(lm.lm).resolve())}
+    return replace(
+        recognizer,
+        decoder=make_decoder(recognizer.vocab, frame_seconds, spec),
+        decoder_spec=spec,
+    )
 
 
 def evaluate_recognizer(
@@ -402,12 +441,14 @@ def evaluate_recognizer(
     ):
         with torch.inference_mode(), autocast:
             if not warm:
-                transcribe_batch(model, recognizer.vocab, batch, device)
+                transcribe_batch(model, recognizer.vocab, batch, device, recognizer.decoder)
                 warm = True
             if torch.device(device).type == "cuda":
                 torch.cuda.synchronize()
             start = time.perf_counter()
-            transcripts = transcribe_batch(model, recognizer.vocab, batch, device)
+            transcripts = transcribe_batch(
+                model, recognizer.vocab, batch, device, recognizer.decoder
+            )
             compute += time.perf_counter() - start
         audio_seconds += float(batch.lengths.sum()) / sr
         for i, tr in zip(indices, transcripts, strict=True):
@@ -430,6 +471,7 @@ def evaluate_recognizer(
         "threads": torch.get_num_threads(),
         "model": str(recognizer.path),
         "source": recognizer.source,
+        "decoder": recognizer.decoder_spec or {"type": "greedy"},
     }
 
 
@@ -444,12 +486,15 @@ def evaluate(
     details_path: str | os.PathLike | None = None,
     precision: str = "fp32",
     task: str | None = None,
+    decoder: str = "auto",
+    lm: LMDecoderConfig | None = None,
 ) -> dict[str, Any]:
     """Load `model_dir` (bundle or run), evaluate on `manifest` (see `evaluate_recognizer`).
 
     `task`: asr | pr to check that the model is that kind of head (None: whatever it is).
+    `decoder`, `lm`: see `with_decoder`.
     """
-    recognizer = load_recognizer(model_dir, device)
+    recognizer = with_decoder(load_recognizer(model_dir, device), decoder, lm)
     if task is not None and task != recognizer.text_task.name:
         raise ValueError(
             f"{model_dir} is a {recognizer.text_task.name} head, not {task}: "
