@@ -220,12 +220,31 @@ DEFAULT_CANDIDATES ?= $(foreach i,$(FT_INITS),ft_$(i)_all) $(if $(filter dkd,$(F
 STREAMING_CANDIDATES ?= ft_causal_all
 EXPORT := $(PY) scripts/demo_export.py --runs $(OUT) --fp16-manifest $(M)/test_neural.tsv \
   --corpus-card $(DATA)/card.json
-$(S)/export_default: $(DEFAULT_CANDIDATES:%=$(S)/eval_%)
-	$(STAGE) $@ $(TORCH1) $(EXPORT) --candidates "$(DEFAULT_CANDIDATES)" \
-	  --out $(OUT)/bundles/default --name hubert-lstm-demo
+$(S)/export_default: $(DEFAULT_CANDIDATES:%=$(S)/eval_%) $(S)/lm
+	$(STAGE) $@ bash -c '$(TORCH1) $(EXPORT) --candidates "$(DEFAULT_CANDIDATES)" \
+	  --out $(OUT)/bundles/default --name hubert-lstm-demo && \
+	  $(TORCH1) $(HL) lm attach --bundle $(OUT)/bundles/default --lm $(OUT)/lm/lm.arpa.gz \
+	    --tune-manifest $(DATA)/dev.tsv'
 $(S)/export_streaming: $(STREAMING_CANDIDATES:%=$(S)/eval_%)
 	$(STAGE) $@ $(TORCH1) $(EXPORT) --candidates "$(STREAMING_CANDIDATES)" \
 	  --out $(OUT)/bundles/streaming --name hubert-lstm-demo-streaming
+
+# ---- the word LM the default bundle decodes with: the corpus's training sentence pool (no dev
+# or test sentence), interpolated Kneser-Ney; its weights are tuned on dev when it is attached
+LM_ORDER ?= 3
+LM_PRUNE ?= 1
+$(S)/lm: $(S)/manifests
+	$(STAGE) $@ $(HL) lm build --corpus-card $(DATA)/card.json --out $(OUT)/lm/lm.arpa.gz \
+	  --order $(LM_ORDER) --prune $(LM_PRUNE)
+
+# eval_bundle_default: the exported default, greedy and with its LM, on dev and test_unseen
+$(S)/eval_bundle_default: $(S)/export_default
+	$(STAGE) $@ bash -c 'for split in dev test_neural test_classic; do \
+	  manifest=$(M)/$$split.tsv; [ $$split = dev ] && manifest=$(DATA)/dev.tsv; \
+	  for dec in greedy lm; do d=$$dec; [ $$dec = lm ] && d=auto; \
+	    $(TORCH1) $(HL) evaluate --model $(OUT)/bundles/default --manifest $$manifest \
+	      --decoder $$d --output $(OUT)/eval/bundle_default.$$dec.$$split.json || exit 1; \
+	  done; done'
 
 # ---- probes (issue 16): a phone-recognition (PR) head and a speaker-identification (SID)
 # head on every upstream of HEADS, and their layer weights next to the CTC heads'. Not part of
@@ -261,7 +280,8 @@ $(S)/layer_weights: $(HEADS:%=$(S)/ctc_%) $(PROBE_HEADS)
 $(S)/results: $(if $(PROBES),$(HEADS:%=$(S)/eval_pr_%) $(HEADS:%=$(S)/sid_%))
 
 # ---- the table (under OUT) and publishing it
-$(S)/results: $(HEADS:%=$(S)/eval_ctc_%) $(FT_RUNS:%=$(S)/eval_%) $(FT_MORE:%=$(S)/eval_%)
+$(S)/results: $(HEADS:%=$(S)/eval_ctc_%) $(FT_RUNS:%=$(S)/eval_%) $(FT_MORE:%=$(S)/eval_%) \
+  $(S)/eval_bundle_default
 	$(STAGE) $@ $(PY) scripts/demo_results.py --runs $(OUT) --students "$(STUDENTS)" \
 	  --finetuned "$(FT_RUNS) $(FT_MORE)" --out-json $(OUT)/results.json --out-md $(OUT)/results.md \
 	  --threads $(JOB_THREADS) --sizes "$(strip $(SIZES))"

@@ -169,6 +169,7 @@ def main() -> None:
             "what": "upstream + CTC head forward, median of interleaved repeats",
         },
     }
+    result["decoding"] = decoding_rows(args.runs)
     if args.previous is not None:
         result = carry_previous(result, json.loads(args.previous.read_text()))
     args.out_json.parent.mkdir(parents=True, exist_ok=True)
@@ -384,6 +385,55 @@ def _still_improving_note(rows: list[dict[str, Any]], prefix: str, what: str) ->
     ]
 
 
+DECODERS = {"greedy": "greedy (best path, no LM)", "lm": "lexicon + word n-gram LM, beam search"}
+SPLITS = ("dev", "test_neural", "test_classic")
+
+
+def decoding_rows(runs: Path) -> dict[str, Any] | None:
+    """The exported default bundle scored with each decoder (eval/bundle_default.DEC.SPLIT.json,
+    from demo.mk's eval_bundle_default), and its LM's facts; None before that stage ran."""
+    rows = []
+    for decoder, what in DECODERS.items():
+        scores = {}
+        for split in SPLITS:
+            path = runs / "eval" / f"bundle_default.{decoder}.{split}.json"
+            if not path.is_file():
+                return None
+            result = json.loads(path.read_text())
+            scores[split] = {"wer": result["wer"], "cer": result["cer"], "rtf": result["rtf"]}
+        rows.append({"decoder": what, **scores})
+    config_path = runs / "bundles" / "default" / "config.json"
+    lm = json.loads(config_path.read_text()).get("decoder") if config_path.is_file() else None
+    return {"rows": rows, "lm": lm}
+
+
+def _decoding_section(decoding: dict[str, Any]) -> list[str]:
+    lm = decoding.get("lm") or {}
+    prov = lm.get("provenance") or {}
+    names = ("dev", "unseen neural", "unseen classic")
+    header = "| decoder | " + " | ".join(f"{n} WER % | {n} CER %" for n in names) + " |"
+    lines = [
+        "",
+        "## The shipped default: greedy against lexicon + LM decoding",
+        "",
+        "The exported default bundle decoded two ways. The LM is a word "
+        f"{prov.get('order', '?')}-gram (interpolated Kneser-Ney, `hubert-lstm lm build`) of "
+        f"the corpus's *training* sentence pool ({prov.get('sentences', '?')} sentences, "
+        f"{prov.get('words', '?')} words; no dev or test sentence is in it), n-grams of order "
+        f">= 2 seen fewer than {prov.get('pruned_below_count') or 1} times pruned; its weight "
+        f"({lm.get('lm_weight')}) and word score ({lm.get('word_score')}) were picked on dev "
+        f"(`hubert-lstm lm attach --tune-manifest`), beam {lm.get('beam_size')}. Words outside "
+        f"its {(prov.get('ngrams') or {}).get('1', '?')}-word vocabulary cannot come out.",
+        "",
+        header,
+        "|---|" + "---:|" * 6,
+    ]
+    for row in decoding["rows"]:
+        cells = " | ".join(f"{_pct(row[s]['wer'])} | {_pct(row[s]['cer'])}" for s in SPLITS)
+        lines.append(f"| {row['decoder']} | {cells} |")
+    return lines
+
+
 def render_markdown(result: dict[str, Any]) -> str:
     """The results table as Markdown."""
     lines = _table(result["rows"], speed=True)
@@ -423,6 +473,8 @@ def render_markdown(result: dict[str, Any]) -> str:
             *_table(result["finetuned_rows"], speed=False),
             *_still_improving_note(result["finetuned_rows"], "head", "Fine-tunes"),
         ]
+    if result.get("decoding"):
+        lines += _decoding_section(result["decoding"])
     if result.get("teacher_iterations"):
         lines += [
             "",

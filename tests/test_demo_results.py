@@ -94,3 +94,26 @@ def test_previous_rows_are_carried_marked_and_lose_to_fresh_ones(results) -> Non
     md = results.render_markdown(merged)
     assert md.count(" (carried) |") == len(previous["rows"]) - 1 + len(previous["finetuned_rows"])
     assert "a new machine" in md and "`ft_new`" in md
+
+
+def test_decoding_section_compares_greedy_and_lm_on_every_split(results, tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    assert results.decoding_rows(runs) is None  # before eval_bundle_default ran
+    (runs / "eval").mkdir(parents=True)
+    (runs / "bundles" / "default").mkdir(parents=True)
+    lm = {
+        "lm_weight": 2.0,
+        "word_score": 0.0,
+        "beam_size": 50,
+        "provenance": {"order": 3, "sentences": 10, "words": 40, "ngrams": {"1": 25}},
+    }
+    (runs / "bundles" / "default" / "config.json").write_text(json.dumps({"decoder": lm}))
+    for i, dec in enumerate(("greedy", "lm")):
+        for j, split in enumerate(results.SPLITS):
+            score = {"wer": 0.5 - 0.2 * i + 0.01 * j, "cer": 0.25 - 0.1 * i, "rtf": 0.01}
+            (runs / "eval" / f"bundle_default.{dec}.{split}.json").write_text(json.dumps(score))
+    decoding = results.decoding_rows(runs)
+    text = "\n".join(results._decoding_section(decoding))
+    assert "| greedy (best path, no LM) | 50.0 | 25.0 | 51.0 | 25.0 | 52.0 | 25.0 |" in text
+    assert "| lexicon + word n-gram LM, beam search | 30.0 | 15.0 | 31.0 | 15.0 | 32.0 |" in text
+    assert "3-gram" in text and "25-word vocabulary" in text
