@@ -18,6 +18,7 @@ import pytest
 
 import app.routes.audio
 import app.service
+from model_training.bundle import load_bundle
 from tests.test_app_support import (  # noqa: F401
     app_client,
     make_wav,
@@ -108,15 +109,19 @@ async def test_the_deadline_covers_decoding(app_client, monkeypatch):
         assert r.json()["error"]["type"] == "timeout_error"
 
 
-async def test_the_deadline_covers_ctc_decoding_and_formatting(app_client, monkeypatch):
-    ctc = app.routes.audio.greedy_ctc_decode
+async def test_the_deadline_covers_ctc_decoding_and_formatting(app_client):
+    def slow_ctc_loader(path, device):
+        bundle = load_bundle(path, device=device)
+        ctc = bundle.decode
 
-    def slow_ctc(*args, **kwargs):
-        time.sleep(0.8)
-        return ctc(*args, **kwargs)
+        def slow_ctc(log_probs):
+            time.sleep(0.8)
+            return ctc(log_probs)
 
-    monkeypatch.setattr(app.routes.audio, "greedy_ctc_decode", slow_ctc)
-    async with app_client(request_timeout_s=0.5) as (_, client):
+        bundle.decode = slow_ctc
+        return bundle
+
+    async with app_client(slow_ctc_loader, request_timeout_s=0.5) as (_, client):
         r = await client.post(TR, files=_files())
         assert r.status_code == 504, r.text
 
@@ -141,18 +146,21 @@ async def _error_lines(app_client, capsys, request_id: str, **settings) -> list[
     return [x for x in lines if x["level"] == "ERROR"]
 
 
-async def test_error_log_lines_carry_the_request_id(app_client, monkeypatch, capsys):
-    def broken(*args, **kwargs):
-        raise RuntimeError("bug in decoding")
+async def test_error_log_lines_carry_the_request_id(app_client, capsys):
+    def broken_ctc_loader(path, device):
+        bundle = load_bundle(path, device=device)
 
-    monkeypatch.setattr(app.routes.audio, "greedy_ctc_decode", broken)
-    errors = await _error_lines(app_client, capsys, "req-42")
+        def broken(*args, **kwargs):
+            raise RuntimeError("bug in decoding")
+
+        bundle.decode = broken
+        return bundle
+
+    errors = await _error_lines(app_client, capsys, "req-42", loader=broken_ctc_loader)
     assert errors and all(x["request_id"] == "req-42" for x in errors), errors
 
 
 async def test_failed_batch_log_lines_carry_the_request_id(app_client, capsys):
-    from model_training.bundle import load_bundle
-
     def broken_loader(path, device):
         bundle = load_bundle(path, device)
 

@@ -10,7 +10,6 @@ import threading
 import numpy as np
 import torch
 
-import app.routes.audio
 from app.torch_worker import THREAD_NAME_PREFIX
 from model_training.bundle import load_bundle
 from tests.test_app_support import (  # noqa: F401
@@ -29,18 +28,14 @@ def _recording(fn, threads: list[str], what: str):
     return wrapped
 
 
-async def test_load_warmup_batches_and_ctc_decoding_share_one_thread(app_client, monkeypatch):
+async def test_load_warmup_batches_and_ctc_decoding_share_one_thread(app_client):
     threads: list[str] = []
-    monkeypatch.setattr(
-        app.routes.audio,
-        "greedy_ctc_decode",
-        _recording(app.routes.audio.greedy_ctc_decode, threads, "ctc_decode"),
-    )
 
     def loader(path, device):
         threads.append(f"load@{threading.current_thread().name}")
         bundle = load_bundle(path, device)
         bundle.model.forward = _recording(bundle.model.forward, threads, "forward")
+        bundle.decode = _recording(bundle.decode, threads, "ctc_decode")
         return bundle
 
     async with app_client(loader, max_wait_ms=20) as (_, client):
