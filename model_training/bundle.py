@@ -307,5 +307,8 @@ def _lm_card_section(spec: dict[str, Any]) -> str:
         f"language model's words, scored by a word n-gram LM (`{LM_FILE}`, LM weight "
         f"{spec['lm_weight']}, word score {spec['word_score']}). Words outside that vocabulary "
         "cannot be transcribed. Live streams (`/v1/realtime`) stay greedy: beam search may "
-        "revise earlier words, and a stream's text is append-only.\n\n" + facts
+        "revise earlier words, and a stream's text is append-only. Scores given above as greedy "
+        "or without a language model are the acoustic model alone; the service and "
+        "`hubert-lstm evaluate` decode with this LM (`evaluate --decoder greedy` without it)."
+        "\n\n" + facts
     )
