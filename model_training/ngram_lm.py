@@ -19,10 +19,12 @@ KenLM reads the result (`.arpa` or `.arpa.gz`) directly.
 from __future__ import annotations
 
 import gzip
+import io
 import math
 import os
 from collections import Counter, defaultdict
 from collections.abc import Iterable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,10 +65,14 @@ class NgramLM:
         return weight * self.probs[1][(word,)]
 
     def write_arpa(self, path: str | os.PathLike) -> Path:
-        """Write ARPA text (gzip-compressed when the name ends in .gz); returns the path."""
+        """Write ARPA text (gzip-compressed when the name ends in .gz, with no timestamp, so
+        the same model gives the same bytes); returns the path."""
         path = Path(path)
-        opener = gzip.open if path.suffix == ".gz" else open
-        with opener(path, "wt", encoding="utf-8") as f:
+        with ExitStack() as stack:
+            raw = stack.enter_context(open(path, "wb"))
+            if path.suffix == ".gz":
+                raw = stack.enter_context(gzip.GzipFile(filename="", fileobj=raw, mtime=0))
+            f = stack.enter_context(io.TextIOWrapper(raw, encoding="utf-8"))
             f.write("\\data\\\n")
             for k in range(1, self.order + 1):
                 f.write(f"ngram {k}={len(self.probs[k])}\n")

@@ -81,6 +81,8 @@ def test_kenlm_reads_the_arpa_and_scores_as_our_model(tmp_path):
         assert logp == pytest.approx(math.log10(lm.prob(word, tuple(context))), abs=1e-5)
         context.append(word)
     assert sorted(arpa_words(path)) == sorted(set(" ".join(SENTENCES).split()))
+    again = build_kneser_ney(SENTENCES, 3, 1).write_arpa(tmp_path / "again.arpa.gz")
+    assert again.read_bytes() == path.read_bytes()  # reproducible: no gzip timestamp
 
 
 def _spelled(vocab: CharVocab, text: str, frames_per_char: int = 3) -> tuple[torch.Tensor, dict]:
