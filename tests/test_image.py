@@ -122,8 +122,12 @@ def test_runs_as_uid_10001_read_only_without_capabilities(
 def test_models_listed(service: tuple[str, str]) -> None:
     _, url = service
     wait_for(lambda: httpx.get(f"{url}/readyz").status_code == 200, 60, "ready")
-    ids = {m["id"] for m in httpx.get(f"{url}/v1/models").json()["data"]}
+    models = {m["id"]: m for m in httpx.get(f"{url}/v1/models").json()["data"]}
+    ids = set(models)
     assert BUNDLE["name"] in ids
+    # the image decodes as the bundle says: with its word LM when it ships one (lm.arpa.gz)
+    expected = (BUNDLE.get("decoder") or {}).get("type", "greedy")
+    assert models[BUNDLE["name"]]["decoder"] == expected
     # The streaming bundle rides along exactly when the checkout has one.
     streaming = REPO / "models" / "streaming" / "config.json"
     if streaming.exists():
