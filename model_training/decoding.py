@@ -295,7 +295,6 @@ class LexiconLMDecoder:
             )
         finally:
             os.unlink(f.name)
-        self.lexicon_size = len(words)
         self._lock = threading.Lock()
 
     def __call__(self, log_probs: Tensor) -> Transcript:

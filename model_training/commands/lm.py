@@ -83,12 +83,7 @@ def attach(
     provenance = json.loads(facts_path.read_text()) if facts_path.is_file() else {}
     if tune_manifest is not None:
         recognizer = load_recognizer(bundle)
-        config, grid = tune_decoder(recognizer, tune_manifest, lm, weights, scores, beam_size)
-        best = next(
-            r
-            for r in grid
-            if r["lm_weight"] == config.lm_weight and r["word_score"] == config.word_score
-        )
+        config, best, grid = tune_decoder(recognizer, tune_manifest, lm, weights, scores, beam_size)
         provenance["tuned_on"] = str(tune_manifest)
         provenance["tuned_dev_wer"] = round(100 * best["wer"], 2)
         provenance["tuned_dev_cer"] = round(100 * best["cer"], 2)

@@ -83,10 +83,10 @@ def tune_decoder(
     lm_weights: Sequence[float],
     word_scores: Sequence[float],
     beam_size: int = 50,
-) -> tuple[LMDecoderConfig, list[dict[str, Any]]]:
+) -> tuple[LMDecoderConfig, dict[str, Any], list[dict[str, Any]]]:
     """Grid-search LM weight x word score by WER (then CER) on `manifest` (dev, never test);
-    the model runs once and each setting re-decodes its log-probs. Returns the best setting
-    and every setting's scores."""
+    the model runs once and each setting re-decodes its log-probs. Returns the best setting,
+    its scores, and every setting's scores."""
     from model_training.data.manifest import read_manifest
 
     data = read_manifest(manifest)
@@ -107,4 +107,5 @@ def tune_decoder(
         results.append({"lm_weight": weight, "word_score": word_score, **score(refs, hyps)})
         log.info("lm_weight %.2f word_score %.2f: %s", weight, word_score, results[-1])
     best = min(results, key=lambda r: (r["wer"], r["cer"]))
-    return LMDecoderConfig(str(lm_path), best["lm_weight"], best["word_score"], beam_size), results
+    config = LMDecoderConfig(str(lm_path), best["lm_weight"], best["word_score"], beam_size)
+    return config, best, results
