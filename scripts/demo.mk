@@ -28,6 +28,13 @@ OUT ?= runs/demo
 DATA ?= data/synth
 SEED ?= 0
 HOURS ?= 4
+# dev and test_unseen hours (empty: 5% of HOURS each); fixing them keeps the evaluation splits
+# of a smaller corpus when HOURS grows (the splits are seeded streams: same hours, same files)
+DEV_HOURS ?=
+TEST_HOURS ?=
+# TRAIN_START=N: the corpus is HOURS of new training audio after the first N utterances of the
+# seed's train stream (extends a corpus of N utterances; `data synth --train-start`)
+TRAIN_START ?= 0
 SYNTH_WORKERS ?= 2
 TEACHER_STEPS ?= 1000
 TEACHER2_STEPS ?= $(TEACHER_STEPS)
@@ -62,7 +69,8 @@ FT_INITS ?= dkd random ce feature
 PUBLISH_DOCS ?= docs
 PUBLISH_MODELS ?= models
 
-SIZES := HOURS=$(HOURS) TEACHER_STEPS=$(TEACHER_STEPS) TEACHER2_STEPS=$(TEACHER2_STEPS) \
+SIZES := HOURS=$(HOURS) $(if $(DEV_HOURS),DEV_HOURS=$(DEV_HOURS)) \
+  $(if $(TEST_HOURS),TEST_HOURS=$(TEST_HOURS)) $(if $(filter-out 0,$(TRAIN_START)),TRAIN_START=$(TRAIN_START)) TEACHER_STEPS=$(TEACHER_STEPS) TEACHER2_STEPS=$(TEACHER2_STEPS) \
   DISTILL_HOURS=$(DISTILL_HOURS) DISTILL_STEPS=$(DISTILL_STEPS) CTC_HOURS=$(CTC_HOURS) \
   CTC_STEPS=$(CTC_STEPS) CTC_PATIENCE=$(CTC_PATIENCE) FT_LOW_HOURS=$(FT_LOW_HOURS) \
   FT_STEPS=$(FT_STEPS) FT_LONG_STEPS=$(FT_LONG_STEPS) FT_MORE_STEPS=$(FT_MORE_STEPS) \
@@ -92,7 +100,8 @@ bundles: $(S)/export_default $(S)/export_streaming
 # ---- corpus and manifests
 $(S)/synth:
 	$(STAGE) $@ $(HL) data synth --out $(DATA) --hours $(HOURS) --seed $(SEED) \
-	  --workers $(SYNTH_WORKERS) --no-progress
+	  --workers $(SYNTH_WORKERS) --no-progress $(if $(DEV_HOURS),--dev-hours $(DEV_HOURS)) \
+	  $(if $(TEST_HOURS),--test-hours $(TEST_HOURS)) --train-start $(TRAIN_START)
 
 $(S)/manifests: $(S)/synth
 	$(STAGE) $@ bash -c '\

@@ -6,7 +6,7 @@ import pytest
 import soundfile as sf
 
 from model_training.data.manifest import read_manifest
-from model_training.data.synth import SynthConfig, synthesize_corpus
+from model_training.data.synth import SynthConfig, plan_split, split_sentences, synthesize_corpus
 from model_training.data.text_sources import Sentence, clean_sentence
 from model_training.data.voices import (
     KOKORO_DEV,
@@ -68,10 +68,10 @@ def _voices() -> dict[str, list[Voice]]:
     }
 
 
-def _make(out: Path) -> dict:
+def _make(out: Path, hours: float = 0.004, train_start: int = 0) -> dict:
     config = SynthConfig(
-        out, hours=0.004, seed=5, dev_hours=0.002, test_hours=0.001, workers=2, aug_fraction=0.5,
-        progress=False,
+        out, hours=hours, seed=5, dev_hours=0.002, test_hours=0.001, workers=2, aug_fraction=0.5,
+        progress=False, train_start=train_start,
     )  # fmt: skip
     return synthesize_corpus(config, sentences=_sentences(), voices=_voices())
 
@@ -117,6 +117,28 @@ def test_same_seed_same_bytes_and_resume_keeps_files(corpus: Path, tmp_path: Pat
     before = {p: p.stat().st_mtime_ns for p in corpus.rglob("*.flac")}
     _make(corpus)  # resume: nothing left to render
     assert {p: p.stat().st_mtime_ns for p in corpus.rglob("*.flac")} == before
+
+
+def test_train_start_extends_the_train_stream_and_keeps_dev_and_test(
+    corpus: Path, tmp_path: Path
+) -> None:
+    n = len(read_manifest(corpus / "train.tsv"))
+    card = _make(tmp_path / "ext", hours=0.002, train_start=n)
+    ext = read_manifest(tmp_path / "ext" / "train.tsv")
+    assert card["train_start"] == n and len(ext) == card["splits"]["train"]["utterances"] >= 1
+    # the next utterances of the seed's stream: specs n, n+1, ... (sentence pools advanced)
+    texts = split_sentences(_sentences(), 5)["train"]
+    plan = plan_split("train", 5, _voices()["train"], texts, 0.5)
+    specs = [next(plan) for _ in range(n + len(ext))][n:]
+    assert [e.path for e in ext.entries] == [s.path for s in specs]
+    assert [e.text for e in ext.entries] == [s.text for s in specs]
+    base_texts = {e.text for e in read_manifest(corpus / "train.tsv")}
+    assert not {e.text for e in ext} & base_texts
+    for split in ("dev", "test_unseen"):  # same hours, same evaluation splits
+        same = (tmp_path / "ext" / f"{split}.tsv").read_bytes() == (
+            corpus / f"{split}.tsv"
+        ).read_bytes()
+        assert same, split
 
 
 def test_default_voice_sets_are_disjoint_and_keep_reserved_voices_out() -> None:

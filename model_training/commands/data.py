@@ -34,6 +34,13 @@ def synth(
     kokoro_voices_tgz: Path | None = typer.Option(
         None, "--kokoro-voices-tgz", help="A kokoro-js@1.2.1 tarball (default: npm pack)."
     ),
+    train_start: int = typer.Option(
+        0,
+        "--train-start",
+        min=0,
+        help="Skip this many train utterances (a smaller corpus's count, same seed): --hours of "
+        "new training audio that extends it; train.tsv lists only the new part.",
+    ),
 ) -> None:
     """Synthesize an English corpus: Kokoro, Piper, espeak-ng, festival, flite (resumable)."""
     from model_training.data.synth import SynthConfig, synthesize_corpus
@@ -50,6 +57,7 @@ def synth(
         neural=neural,
         tts_cache=tts_cache,
         kokoro_voices_tgz=kokoro_voices_tgz,
+        train_start=train_start,
     )
     card = synthesize_corpus(config)
     summary = {s: {k: v[k] for k in ("utterances", "hours")} for s, v in card["splits"].items()}

@@ -300,6 +300,11 @@ class SynthConfig:
     neural: bool = True  # Kokoro and Piper voices (the `synth` extra)
     tts_cache: Path | None = None  # assembled Kokoro model + voices (default: ~/.cache)
     kokoro_voices_tgz: Path | None = None  # a kokoro-js@1.2.1 tarball instead of `npm pack`
+    # skip the first `train_start` utterances of the train stream: `hours` of *new* training
+    # audio that extends a corpus of `train_start` utterances (same seed; its card's
+    # splits.train.utterances); train.tsv then lists only the new part, dev and test_unseen
+    # are the same as the extended corpus's for the same dev/test hours
+    train_start: int = 0
 
     def split_hours(self) -> dict[str, float]:
         dev = 0.05 * self.hours if self.dev_hours is None else self.dev_hours
@@ -343,6 +348,9 @@ def synthesize_corpus(
                 continue
             bar.set_description(split)
             plan = plan_split(split, config.seed, voices[split], texts[split], config.aug_fraction)
+            if split == "train":  # the skipped specs still advance the sentence pools
+                for _ in range(config.train_start):
+                    next(plan)
             have, mean = 0.0, 4.0  # seconds so far; mean utterance length (estimate, then measured)
             while have < target_s:
                 remaining = target_s - have
@@ -410,6 +418,7 @@ def _card(config, done, voices, sentences, texts) -> dict:
         "audio": "FLAC, mono, 16-bit",
         "requested_hours": config.split_hours(),
         "aug_fraction": config.aug_fraction,
+        "train_start": config.train_start,
         "splits": splits,
         "engines": {
             "espeak": "espeak-ng (GPL-3+), accents x variants + random custom variants",
