@@ -7,10 +7,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from model_training.bundle import load_bundle, read_bundle_config
+from model_training.bundle import attach_lm, load_bundle, read_bundle_config
 from model_training.cli import app
-from model_training.decoding import greedy_ctc_decode_batch
+from model_training.decoding import LMDecoderConfig, greedy_ctc_decode_batch
 from model_training.models.ctc import ASRModel
+from model_training.ngram_lm import build_kneser_ney
 from model_training.testing import build_tiny_bundle, tiny_ctc_head
 from model_training.text import CharVocab
 from model_training.training.evaluate import (
@@ -287,3 +288,18 @@ def test_fp16_rounding_leaves_rebuilt_buffers_exact() -> None:
         t.is_floating_point() and not torch.equal(t, rounded.state_dict()[n])
         for n, t in stored.items()
     )
+
+
+def test_card_names_the_decoder_before_and_after_an_lm_is_attached(
+    student_run: Path, tmp_path
+) -> None:
+    """The exported card says greedy; attaching an LM replaces that, never contradicts it."""
+    bundle = tmp_path / "bundle"
+    export_run(student_run, bundle)
+    card = (bundle / "README.md").read_text()
+    assert card.count("## Decoding") == 1 and "Greedy CTC decoding, no language model" in card
+    lm = build_kneser_ney(["A B", "HELLO", "YES A"], 2).write_arpa(tmp_path / "t.arpa.gz")
+    attach_lm(bundle, lm, LMDecoderConfig(str(lm)))
+    card = (bundle / "README.md").read_text()
+    assert card.count("## Decoding") == 1 and "word n-gram LM" in card
+    assert "no language model" not in card

@@ -144,7 +144,7 @@ def model_card(name: str, config_facts: dict[str, Any], provenance: dict[str, An
         "",
         "A speech recognizer bundle of hubert-lstm: an upstream with a SUPERB-style CTC "
         f"head (weighted layer sum -> Linear -> {config_facts['head_lstm']} -> 28 characters "
-        "+ blank), greedy decoding without a language model.",
+        "+ blank).",
         "",
         "## Model",
         "",
@@ -219,8 +219,13 @@ def model_card(name: str, config_facts: dict[str, Any], provenance: dict[str, An
         "",
         "## Limits",
         "",
-        "- English characters only (A-Z, apostrophe, space); no language model.",
+        "- English characters only (A-Z, apostrophe, space).",
         "- Scores hold for the data named above; other speakers, microphones and noise differ.",
+        "",
+        # last: `attach_lm` replaces this section with the language model's
+        "## Decoding",
+        "",
+        "Greedy CTC decoding, no language model.",
         "",
     ]
     return "\n".join(lines)
