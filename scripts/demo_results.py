@@ -72,10 +72,11 @@ def _manifest_hours(path: Path) -> float | None:
     return read_manifest(path).total_samples / 16000 / 3600 if path.is_file() else None
 
 
-def finetuned_description(runs: Path, run: str) -> str:
+def finetuned_description(runs: Path, run: str, train_start: int = 0) -> str:
     """ "DKD student (dkd_b4), all 12.0 h" for ft_dkd_all, from the run folders themselves;
     a run trained longer than the others (ft_dkd_all_long) names its steps, a continuation
-    (ft_dkd_all_more) also the run it continued."""
+    (ft_dkd_all_more) also the run it continued. `train_start` > 0: the corpus is new audio
+    after that many utterances of the train stream (demo.mk's TRAIN_START), said so."""
     _, init, data = run.split("_", 2)
     data, _, longer = data.partition("_")
     text = FT_INITS.get(init, init)
@@ -84,6 +85,8 @@ def finetuned_description(runs: Path, run: str) -> str:
         text += f" ({Path(link.readlink()).name.removeprefix('distill_')})"
     hours = _manifest_hours(runs / "manifests" / f"ft_{data}.tsv")
     text = f"{text}, {data}" + ("" if hours is None else f" {hours:.1f} h")
+    if train_start:
+        text += f" of new audio (train utterances {train_start} on)"
     config, metrics = runs / run / "config.yaml", runs / run / "metrics.json"
     if longer and config.is_file():
         settings = yaml.safe_load(config.read_text())
@@ -97,6 +100,12 @@ def finetuned_description(runs: Path, run: str) -> str:
             text += f", {continued_what(Path(source), lineage)} continued"
         text += f", stopped at step {done} of {planned}" if stopped else f", {planned} steps"
     return text
+
+
+def size_value(sizes: str, name: str) -> int:
+    """NAME's integer value in a "HOURS=4 TRAIN_START=3811 ..." sizes string (0 if absent)."""
+    values = dict(item.split("=", 1) for item in sizes.split() if "=" in item)
+    return int(values.get(name, 0))
 
 
 def continued_what(source: Path, lineage: dict[str, Any] | None) -> str:
@@ -152,7 +161,10 @@ def main() -> None:
             pending.append(run)
         else:
             row = score_row(args.runs, run, args.runs / run, None)
-            ft_rows.append({**row, "description": finetuned_description(args.runs, run)})
+            description = finetuned_description(
+                args.runs, run, size_value(args.sizes, "TRAIN_START")
+            )
+            ft_rows.append({**row, "description": description})
     centres = args.runs / "img" / "layer_weights.json"
     result = {
         "sizes": args.sizes,

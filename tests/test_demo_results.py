@@ -117,3 +117,17 @@ def test_decoding_section_compares_greedy_and_lm_on_every_split(results, tmp_pat
     assert "| greedy (best path, no LM) | 50.0 | 25.0 | 51.0 | 25.0 | 52.0 | 25.0 |" in text
     assert "| lexicon + word n-gram LM, beam search | 30.0 | 15.0 | 31.0 | 15.0 | 32.0 |" in text
     assert "3-gram" in text and "25-word vocabulary" in text
+
+
+def test_a_corpus_that_extends_the_train_stream_is_described_as_new_audio(
+    results, tmp_path: Path
+) -> None:
+    manifests = tmp_path / "manifests"
+    manifests.mkdir()
+    (manifests / "ft_all.tsv").write_text("path\tnum_samples\na.flac\t72000000\n")  # 1.25 h
+    assert results.size_value("HOURS=2 TRAIN_START=3811 SEED=0", "TRAIN_START") == 3811
+    assert results.size_value("HOURS=2", "TRAIN_START") == 0
+    plain = results.finetuned_description(tmp_path, "ft_random_all")
+    extended = results.finetuned_description(tmp_path, "ft_random_all", 3811)
+    assert plain == "random init (no distillation), all 1.2 h"
+    assert extended == plain + " of new audio (train utterances 3811 on)"
