@@ -156,14 +156,13 @@ def main() -> None:
     speed = measure_throughput(runs, args.seconds, args.repeats, args.threads)
     rows = [score_row(args.runs, name, run, speed[name]) for name, run in runs.items()]
     ft_rows = []
+    train_start = size_value(args.sizes, "TRAIN_START")
     for run in args.finetuned.split():
         if not _evaluated(args.runs, run):
             pending.append(run)
         else:
             row = score_row(args.runs, run, args.runs / run, None)
-            description = finetuned_description(
-                args.runs, run, size_value(args.sizes, "TRAIN_START")
-            )
+            description = finetuned_description(args.runs, run, train_start)
             ft_rows.append({**row, "description": description})
     centres = args.runs / "img" / "layer_weights.json"
     result = {
