@@ -205,7 +205,7 @@ def test_end_to_end_refuses_upstreams_without_trainable_weights(data, tmp_path) 
         _config(data, tmp_path / "g", freeze_upstream_steps=2)
 
 
-def test_continued_bundles_keep_their_lineage(data, tmp_path) -> None:
+def test_continued_bundles_keep_their_lineage(data, tmp_path, monkeypatch) -> None:
     """A run that continues a bundle (its upstream and head) exports a bundle whose provenance
     and card name the bundle, run and step it came from, through two continuations, as they
     were when the run started."""
@@ -239,3 +239,9 @@ def test_continued_bundles_keep_their_lineage(data, tmp_path) -> None:
     card = (tmp_path / "b2" / "README.md").read_text()
     assert f"run `{(tmp_path / 'r1').resolve()}`" in card
     assert f"run `{(tmp_path / 'r0').resolve()}`" in card
+    # exported from the folder that holds the runs, the card shows no machine's absolute paths
+    monkeypatch.chdir(tmp_path)
+    export_run(tmp_path / "r2", tmp_path / "b2_here")
+    card = (tmp_path / "b2_here" / "README.md").read_text()
+    assert "run `r1`" in card and "run `r0`" in card and "bundle `b1`" in card
+    assert str(tmp_path.resolve()) not in card

@@ -136,6 +136,18 @@ def _fmt(x: float | None, pct: bool = True) -> str:
     return f"{100 * x:.2f}%" if pct else f"{x:.4f}"
 
 
+def shown_path(path: str | None) -> str | None:
+    """`path` as the card shows it: relative to the working directory when it lies inside it
+    (a bundle's card should not carry the exporting machine's absolute paths)."""
+    if not path:
+        return path
+    resolved = Path(path).resolve()
+    try:
+        return str(resolved.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
 def model_card(name: str, config_facts: dict[str, Any], provenance: dict[str, Any]) -> str:
     """The bundle's README.md: what the model is, how it was made, what was measured."""
     up = provenance["upstream"]
@@ -149,7 +161,7 @@ def model_card(name: str, config_facts: dict[str, Any], provenance: dict[str, An
         "## Model",
         "",
         f"- upstream: `{config_facts['upstream_type']}` (from {up.get('kind')}"
-        + (f" `{up['path']}`" if up.get("path") else "")
+        + (f" `{shown_path(up['path'])}`" if up.get("path") else "")
         + ")",
         f"- parameters: {config_facts['parameters']:,} "
         f"(upstream {config_facts['upstream_parameters']:,}, "
@@ -161,7 +173,8 @@ def model_card(name: str, config_facts: dict[str, Any], provenance: dict[str, An
         "",
         "## Training",
         "",
-        f"- fine-tuning run: `{provenance['run']}` (head from step {provenance.get('step')})",
+        f"- fine-tuning run: `{shown_path(provenance['run'])}` "
+        f"(head from step {provenance.get('step')})",
     ]
     lines += lineage_lines(provenance)
     if provenance.get("end_to_end"):
@@ -354,7 +367,8 @@ def lineage_lines(provenance: dict[str, Any]) -> list[str]:
         dev = link.get("dev") or {}
         cer = f", dev CER {_fmt(dev['cer'])}" if dev.get("cer") is not None else ""
         lines.append(
-            f"- continued from bundle `{link['bundle']}`: run `{link.get('run')}` "
+            f"- continued from bundle `{shown_path(link['bundle'])}`: "
+            f"run `{shown_path(link.get('run'))}` "
             f"(step {link.get('step')}{cer})"
         )
     return lines
