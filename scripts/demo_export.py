@@ -29,9 +29,9 @@ SPLITS = {
 CARD = """# hubert-lstm demo model: `{name}`
 
 **What it is.** {description}: {origin}. {upstream_m:.2f}M parameters in the upstream,
-{total_m:.2f}M with the CTC head. {teacher} Its data is a ~{hours:.3g}-hour **synthetic**
-English corpus: neural voices (Kokoro-82M and Piper) and classic ones (espeak-ng, festival,
-flite). Everything was trained on a 2-core CPU by `make demo-model` (run `{run}`){continued}.
+{total_m:.2f}M with the CTC head. {teacher} Its data is {corpus_size}: neural voices
+(Kokoro-82M and Piper) and classic ones (espeak-ng, festival, flite). Everything was trained
+on a 2-core CPU by `make demo-model` (run `{run}`){continued}.
 
 **What it is not.** It is *not* a LibriSpeech-trained HuBERT student and it has never heard a
 human speaker directly (Piper's joe voice and Kokoro's voices were trained on recordings of
@@ -51,7 +51,7 @@ splits is in `docs/results.md` of the repository.
 
 ## Data
 
-Synthetic corpus from `hubert-lstm data synth --hours {hours:g} --seed {seed}` (corpus card:
+{corpus_origin} (corpus card:
 `card.json` of the corpus): sentences from Debian text packages (KJV bible, fortunes, WordNet
 glosses), normalised to the SUPERB character set; train, dev and test_unseen share neither
 sentences nor voices; Kokoro af_sarah, am_adam, bf_isabella, bm_lewis are never used.
@@ -186,8 +186,7 @@ def main() -> None:
         teacher=NO_TEACHER if init == "random" else TEACHER,
         upstream_m=sum(p.numel() for p in load_bundle(args.out).upstream.parameters()) / 1e6,
         total_m=config["parameters"] / 1e6,
-        hours=float(corpus["splits"]["train"]["hours"]),
-        seed=corpus.get("seed", 0),
+        **corpus_sentences(corpus),
         run=best,
         continued=continued_sentence(provenance),
         score_rows="\n".join(rows),
@@ -200,6 +199,31 @@ def main() -> None:
     (args.out / "README.md").write_text(card)
     size = sum(p.stat().st_size for p in args.out.iterdir())
     print(f"exported {best} to {args.out} ({size / 1e6:.1f} MB)")
+
+
+def corpus_sentences(corpus: dict[str, Any]) -> dict[str, str]:
+    """The card's words for the corpus of the last run (`corpus_size`, `corpus_origin`), from
+    its card.json. A corpus synthesized with `--train-start N` holds only *new* training audio:
+    the utterances of the seed's train stream after the first N, which earlier runs heard."""
+    hours = float(corpus["splits"]["train"]["hours"])
+    seed, start = corpus.get("seed", 0), int(corpus.get("train_start") or 0)
+    command = f"`hubert-lstm data synth --hours {hours:g} --seed {seed}"
+    if not start:
+        return {
+            "corpus_size": f"a ~{hours:.3g}-hour **synthetic** English corpus",
+            "corpus_origin": f"Synthetic corpus from {command}`",
+        }
+    return {
+        "corpus_size": (
+            f"a **synthetic** English corpus (its last run: ~{hours:.3g} h of new training audio)"
+        ),
+        "corpus_origin": (
+            f"Its last run trained on {command} --train-start {start}`: {hours:g} h of new "
+            f"training audio, the utterances of the same seed's train stream after the first "
+            f"{start}, which the runs it continued were trained on; dev and test_unseen are "
+            "the same"
+        ),
+    }
 
 
 def continued_sentence(provenance: dict[str, Any]) -> str:

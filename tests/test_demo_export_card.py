@@ -82,3 +82,20 @@ def test_a_continuation_that_lost_keeps_the_bundle_it_continued(
     assert source_bundle_if_better(runs, "cont") is None
     scored("own", 0.50)  # not a continuation: nothing to keep
     assert source_bundle_if_better(runs, "own") is None
+
+
+def test_a_corpus_that_extends_the_train_stream_is_described_as_new_audio(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With --train-start the card must not call the last run's few hours the model's data."""
+    monkeypatch.syspath_prepend(str(ROOT / "scripts"))
+    from demo_export import corpus_sentences
+
+    corpus = {"seed": 0, "splits": {"train": {"hours": 4.001}}}
+    plain = corpus_sentences(corpus)
+    assert plain["corpus_size"].startswith("a ~4-hour")
+    assert "`hubert-lstm data synth --hours 4.001 --seed 0`" in plain["corpus_origin"]
+    extended = corpus_sentences({**corpus, "train_start": 3811, "splits": {"train": {"hours": 3}}})
+    assert "-hour" not in extended["corpus_size"] and "~3 h of new" in extended["corpus_size"]
+    assert "--hours 3 --seed 0 --train-start 3811`" in extended["corpus_origin"]
+    assert "after the first 3811" in extended["corpus_origin"]
