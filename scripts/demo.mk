@@ -36,6 +36,9 @@ TEST_HOURS ?=
 # seed's train stream (extends a corpus of N utterances; `data synth --train-start`)
 TRAIN_START ?= 0
 SYNTH_WORKERS ?= 2
+# FT_EXTRA_TRAIN: train manifests of earlier corpora of the same stream (TRAIN_START), appended
+# to ft_all so that a continuation on new audio keeps hearing the old
+FT_EXTRA_TRAIN ?=
 TEACHER_STEPS ?= 1000
 TEACHER2_STEPS ?= $(TEACHER_STEPS)
 DISTILL_HOURS ?= 2
@@ -108,7 +111,7 @@ $(S)/manifests: $(S)/synth
 	  $(PY) scripts/subset_manifest.py $(DATA)/train.tsv $(M)/distill_train.tsv --hours $(DISTILL_HOURS) && \
 	  $(PY) scripts/subset_manifest.py $(DATA)/train.tsv $(M)/ctc_train.tsv --hours $(CTC_HOURS) && \
 	  $(PY) scripts/subset_manifest.py $(DATA)/train.tsv $(M)/ft_low.tsv --hours $(FT_LOW_HOURS) && \
-	  $(PY) scripts/subset_manifest.py $(DATA)/train.tsv $(M)/ft_all.tsv && \
+	  $(PY) scripts/subset_manifest.py $(DATA)/train.tsv $(FT_EXTRA_TRAIN) $(M)/ft_all.tsv && \
 	  $(PY) scripts/subset_manifest.py $(DATA)/test_unseen.tsv $(M)/test_neural.tsv --engine kokoro && \
 	  $(PY) scripts/subset_manifest.py $(DATA)/test_unseen.tsv $(M)/test_classic.tsv --engine flite festival'
 

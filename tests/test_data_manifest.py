@@ -126,3 +126,24 @@ def test_cli_librispeech_and_folder(tmp_path: Path) -> None:
     )
     assert res.exit_code == 0, res.output
     assert len(read_manifest(tmp_path / "f.tsv")) == 2
+
+
+def test_subset_manifest_reads_several_sources_as_one(tmp_path: Path) -> None:
+    """ft_all of a corpus that extends a train stream appends the earlier corpus's train split
+    (demo.mk FT_EXTRA_TRAIN): every utterance, each path still pointing at its own audio."""
+    import subprocess
+    import sys
+
+    old, new = tmp_path / "old", tmp_path / "new"
+    write_manifest(old / "train.tsv", [ManifestEntry("train/a.flac", 16000, "A", "espeak:x")])
+    write_manifest(new / "train.tsv", [ManifestEntry("train/b.flac", 8000, "B", "kokoro:y")])
+    dst = tmp_path / "runs" / "ft_all.tsv"
+    script = Path(__file__).resolve().parents[1] / "scripts" / "subset_manifest.py"
+    subprocess.run(
+        [sys.executable, str(script), str(new / "train.tsv"), str(old / "train.tsv"), str(dst)],
+        check=True,
+    )
+    merged = read_manifest(dst)
+    assert [e.text for e in merged] == ["B", "A"]
+    assert merged.audio_path(0).resolve() == (new / "train" / "b.flac").resolve()
+    assert merged.audio_path(1).resolve() == (old / "train" / "a.flac").resolve()
