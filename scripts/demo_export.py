@@ -208,17 +208,18 @@ def corpus_sentences(corpus: dict[str, Any]) -> dict[str, str]:
     hours = float(corpus["splits"]["train"]["hours"])
     seed, start = corpus.get("seed", 0), int(corpus.get("train_start") or 0)
     command = f"`hubert-lstm data synth --hours {hours:g} --seed {seed}"
+    command += f" --train-start {start}`" if start else "`"
     if not start:
         return {
             "corpus_size": f"a ~{hours:.3g}-hour **synthetic** English corpus",
-            "corpus_origin": f"Synthetic corpus from {command}`",
+            "corpus_origin": f"Synthetic corpus from {command}",
         }
     return {
         "corpus_size": (
             f"a **synthetic** English corpus (its last run: ~{hours:.3g} h of new training audio)"
         ),
         "corpus_origin": (
-            f"Its last run trained on {command} --train-start {start}`: {hours:g} h of new "
+            f"Its last run trained on {command}: {hours:g} h of new "
             f"training audio, the utterances of the same seed's train stream after the first "
             f"{start}, which the runs it continued were trained on; dev and test_unseen are "
             "the same"
