@@ -19,6 +19,7 @@ import torch
 import yaml
 
 from model_training.data.manifest import read_manifest
+from model_training.data.synth import utterance_index
 from model_training.training.evaluate import load_recognizer
 
 ROWS: dict[str, str] = {
@@ -68,8 +69,14 @@ FT_INITS = {
 }
 
 
-def _manifest_hours(path: Path) -> float | None:
-    return read_manifest(path).total_samples / 16000 / 3600 if path.is_file() else None
+def _manifest_hours(path: Path, train_start: int = 0) -> tuple[float, float] | None:
+    """(all hours, hours of train utterances `train_start` on) of a manifest, None if absent."""
+    if not path.is_file():
+        return None
+    entries = read_manifest(path).entries
+    # a path synth did not write cannot be placed in the stream: counted as new
+    new = [e for e in entries if (utterance_index(e.path) or train_start) >= train_start]
+    return tuple(sum(e.num_samples for e in part) / 16000 / 3600 for part in (entries, new))
 
 
 def finetuned_description(runs: Path, run: str, train_start: int = 0) -> str:
@@ -83,10 +90,12 @@ def finetuned_description(runs: Path, run: str, train_start: int = 0) -> str:
     link = runs / f"distill_{init}"
     if init == "dkd" and link.is_symlink():
         text += f" ({Path(link.readlink()).name.removeprefix('distill_')})"
-    hours = _manifest_hours(runs / "manifests" / f"ft_{data}.tsv")
-    text = f"{text}, {data}" + ("" if hours is None else f" {hours:.1f} h")
-    if train_start:
-        text += f" of new audio (train utterances {train_start} on)"
+    hours = _manifest_hours(runs / "manifests" / f"ft_{data}.tsv", train_start)
+    text = f"{text}, {data}" + ("" if hours is None else f" {hours[0]:.1f} h")
+    if train_start:  # FT_EXTRA_TRAIN may have appended earlier corpora: say which part is new
+        whole = hours is None or abs(hours[0] - hours[1]) < 0.05
+        new = "" if whole else f", of which {hours[1]:.1f} h"
+        text += f"{new} of new audio (train utterances {train_start} on)"
     config, metrics = runs / run / "config.yaml", runs / run / "metrics.json"
     if longer and config.is_file():
         settings = yaml.safe_load(config.read_text())

@@ -6,7 +6,13 @@ import pytest
 import soundfile as sf
 
 from model_training.data.manifest import read_manifest
-from model_training.data.synth import SynthConfig, plan_split, split_sentences, synthesize_corpus
+from model_training.data.synth import (
+    SynthConfig,
+    plan_split,
+    split_sentences,
+    synthesize_corpus,
+    utterance_index,
+)
 from model_training.data.text_sources import Sentence, clean_sentence
 from model_training.data.voices import (
     KOKORO_DEV,
@@ -132,6 +138,7 @@ def test_train_start_extends_the_train_stream_and_keeps_dev_and_test(
     specs = [next(plan) for _ in range(n + len(ext))][n:]
     assert [e.path for e in ext.entries] == [s.path for s in specs]
     assert [e.text for e in ext.entries] == [s.text for s in specs]
+    assert [utterance_index(e.path) for e in ext.entries] == list(range(n, n + len(ext)))
     base_texts = {e.text for e in read_manifest(corpus / "train.tsv")}
     assert not {e.text for e in ext} & base_texts
     for split in ("dev", "test_unseen"):  # same hours, same evaluation splits

@@ -131,3 +131,23 @@ def test_a_corpus_that_extends_the_train_stream_is_described_as_new_audio(
     extended = results.finetuned_description(tmp_path, "ft_random_all", 3811)
     assert plain == "random init (no distillation), all 1.2 h"
     assert extended == plain + " of new audio (train utterances 3811 on)"
+
+
+def test_new_audio_is_told_apart_from_earlier_corpora_appended_to_it(
+    results, tmp_path: Path
+) -> None:
+    """FT_EXTRA_TRAIN appends earlier corpora's train splits: only utterances TRAIN_START on
+    are new, and the description says how many hours of the whole they are."""
+    manifests = tmp_path / "manifests"
+    manifests.mkdir()
+    rows = [
+        "../synth_next/train/006/train-006694.flac\t57600000",  # 1.0 h, new
+        "../synth_next/train/006/train-006695.flac\t28800000",  # 0.5 h, new
+        "../synth/train/003/train-003811.flac\t72000000",  # 1.25 h, earlier corpus
+    ]
+    (manifests / "ft_all.tsv").write_text("path\tnum_samples\n" + "\n".join(rows) + "\n")
+    text = results.finetuned_description(tmp_path, "ft_random_all", 6694)
+    assert text == (
+        "random init (no distillation), all 2.8 h, of which 1.5 h of new audio "
+        "(train utterances 6694 on)"
+    )

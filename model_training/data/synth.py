@@ -20,6 +20,7 @@ import logging
 import math
 import os
 import random
+import re
 import subprocess
 import tempfile
 from collections import Counter
@@ -77,6 +78,17 @@ class UttSpec:
     snr_db: float | None
     noise: str
     seed: int
+
+
+def utterance_path(split: str, index: int) -> str:
+    """Where utterance `index` of `split` lives in the corpus, e.g. "train/003/train-003811.flac"."""
+    return f"{split}/{index // 1000:03d}/{split}-{index:06d}.flac"
+
+
+def utterance_index(path: str) -> int | None:
+    """The stream index encoded in an `utterance_path` (None for a path not written by synth)."""
+    match = re.search(r"-(\d{6,})\.flac$", path)
+    return int(match.group(1)) if match else None
 
 
 def split_sentences(
@@ -155,9 +167,8 @@ def plan_split(
             pitch = rng.randint(25, 75) if engine == "espeak" else round(rng.uniform(0.9, 1.1), 3)
             effects, snr, noise = _augmentation(rng, aug_fraction)
         gain = round(rng.uniform(0.3, 0.95), 3)
-        path = f"{split}/{k // 1000:03d}/{split}-{k:06d}.flac"
         yield UttSpec(
-            split, k, path, voice, sentence.spoken, sentence.text, source, speed, pitch,
+            split, k, utterance_path(split, k), voice, sentence.spoken, sentence.text, source, speed, pitch,
             effects, gain, snr, noise, rng.randrange(2**32),
         )  # fmt: skip
         k += 1
