@@ -236,7 +236,7 @@ $(S)/export_default: $(DEFAULT_CANDIDATES:%=$(S)/eval_%) $(S)/lm
 	$(STAGE) $@ bash -c '$(TORCH1) $(EXPORT) --candidates "$(DEFAULT_CANDIDATES)" \
 	  --out $(OUT)/bundles/default --name hubert-lstm-demo && \
 	  $(TORCH1) $(HL) lm attach --bundle $(OUT)/bundles/default --lm $(OUT)/lm/lm.arpa.gz \
-	    --tune-manifest $(DATA)/dev.tsv'
+	    --tune-manifest $(DATA)/dev.tsv --beam-size $(LM_BEAM)'
 $(S)/export_streaming: $(STREAMING_CANDIDATES:%=$(S)/eval_%)
 	$(STAGE) $@ $(TORCH1) $(EXPORT) --candidates "$(STREAMING_CANDIDATES)" \
 	  --out $(OUT)/bundles/streaming --name hubert-lstm-demo-streaming
@@ -245,6 +245,9 @@ $(S)/export_streaming: $(STREAMING_CANDIDATES:%=$(S)/eval_%)
 # or test sentence), interpolated Kneser-Ney; its weights are tuned on dev when it is attached
 LM_ORDER ?= 3
 LM_PRUNE ?= 1
+# hypotheses kept per frame: wider beams buy WER for decoding time, decoding is serialised per
+# bundle in the service (benchmarks/lm_beam.py measures the curve; 500: ~0.06 RTF on one core)
+LM_BEAM ?= 500
 $(S)/lm: $(S)/manifests
 	$(STAGE) $@ $(HL) lm build --corpus-card $(DATA)/card.json --out $(OUT)/lm/lm.arpa.gz \
 	  --order $(LM_ORDER) --prune $(LM_PRUNE)

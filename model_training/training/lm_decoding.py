@@ -76,17 +76,11 @@ def build_lm(
 
 
 @torch.inference_mode()
-def tune_decoder(
-    recognizer: Recognizer,
-    manifest: str | os.PathLike,
-    lm_path: str | os.PathLike,
-    lm_weights: Sequence[float],
-    word_scores: Sequence[float],
-    beam_size: int = 50,
-) -> tuple[LMDecoderConfig, dict[str, Any], list[dict[str, Any]]]:
-    """Grid-search LM weight x word score by WER (then CER) on `manifest` (dev, never test);
-    the model runs once and each setting re-decodes its log-probs. Returns the best setting,
-    its scores, and every setting's scores."""
+def manifest_emissions(
+    recognizer: Recognizer, manifest: str | os.PathLike
+) -> tuple[list[str], list[torch.Tensor]]:
+    """The manifest's transcripts and the model's CTC log-probs for each utterance, (T_i, V)
+    float32 on the CPU, unpadded: decoders can then be compared without rerunning the model."""
     from model_training.data.manifest import read_manifest
 
     data = read_manifest(manifest)
@@ -98,6 +92,22 @@ def tune_decoder(
         for j, i in enumerate(indices):
             refs.append(data[i].text)
             emissions.append(log_probs[j, : int(out.lengths[j])].float().cpu())
+    return refs, emissions
+
+
+@torch.inference_mode()
+def tune_decoder(
+    recognizer: Recognizer,
+    manifest: str | os.PathLike,
+    lm_path: str | os.PathLike,
+    lm_weights: Sequence[float],
+    word_scores: Sequence[float],
+    beam_size: int = 50,
+) -> tuple[LMDecoderConfig, dict[str, Any], list[dict[str, Any]]]:
+    """Grid-search LM weight x word score by WER (then CER) on `manifest` (dev, never test);
+    the model runs once and each setting re-decodes its log-probs. Returns the best setting,
+    its scores, and every setting's scores."""
+    refs, emissions = manifest_emissions(recognizer, manifest)
     frame_seconds = 1.0 / float(recognizer.model.frame_rate)
     results: list[dict[str, Any]] = []
     for weight, word_score in itertools.product(lm_weights, word_scores):
