@@ -107,10 +107,12 @@ def evaluate(
     ),
     lm_weight: float = typer.Option(2.0, "--lm-weight", help="--decoder lm: LM weight."),
     word_score: float = typer.Option(0.0, "--word-score", help="--decoder lm: score per word."),
-    beam_size: int = typer.Option(50, "--beam-size", help="--decoder lm: beam size."),
+    beam_size: int | None = typer.Option(
+        None, "--beam-size", min=1, help="--decoder lm: beam size (default 500)."
+    ),
 ) -> None:
     """Print JSON: wer, cer (a PR head: per), utterances, audio_seconds, rtf, parameters."""
-    from model_training.decoding import LMDecoderConfig
+    from model_training.decoding import DEFAULT_BEAM_SIZE, LMDecoderConfig
     from model_training.training.evaluate import evaluate as run_evaluate
 
     if decoder not in ("auto", "greedy", "lm"):
@@ -120,7 +122,9 @@ def evaluate(
     if decoder == "lm" and lm is None:
         raise typer.BadParameter("--decoder lm needs --lm", param_hint="--lm")
     lm_config = (
-        LMDecoderConfig(str(lm), lm_weight, word_score, beam_size) if lm is not None else None
+        LMDecoderConfig(str(lm), lm_weight, word_score, beam_size or DEFAULT_BEAM_SIZE)
+        if lm is not None
+        else None
     )
 
     result = run_evaluate(

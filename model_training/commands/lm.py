@@ -66,15 +66,18 @@ def attach(
     ),
     lm_weights: str = typer.Option("1 1.5 2 3", "--lm-weights", help="LM weights to try."),
     word_scores: str = typer.Option("-1 0 1", "--word-scores", help="Word scores to try."),
-    beam_size: int = typer.Option(50, "--beam-size", help="Beam size."),
+    beam_size: int | None = typer.Option(
+        None, "--beam-size", min=1, help="Beam size (default 500)."
+    ),
 ) -> None:
     """Ship the LM in the bundle: its decoder becomes lexicon + LM beam search (the weights
     tuned on --tune-manifest, else the first of each list)."""
     from model_training.bundle import attach_lm
-    from model_training.decoding import LMDecoderConfig
+    from model_training.decoding import DEFAULT_BEAM_SIZE, LMDecoderConfig
     from model_training.training.evaluate import load_recognizer
     from model_training.training.lm_decoding import tune_decoder
 
+    beam_size = beam_size or DEFAULT_BEAM_SIZE
     weights = [float(w) for w in lm_weights.split()]
     scores = [float(s) for s in word_scores.split()]
     if not weights or not scores:

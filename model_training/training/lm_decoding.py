@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from model_training.decoding import LMDecoderConfig, make_decoder
+from model_training.decoding import DEFAULT_BEAM_SIZE, LMDecoderConfig, make_decoder
 from model_training.ngram_lm import build_kneser_ney
 from model_training.text import normalize_text
 from model_training.training.evaluate import Recognizer, manifest_batches, score
@@ -102,7 +102,7 @@ def tune_decoder(
     lm_path: str | os.PathLike,
     lm_weights: Sequence[float],
     word_scores: Sequence[float],
-    beam_size: int = 50,
+    beam_size: int = DEFAULT_BEAM_SIZE,
 ) -> tuple[LMDecoderConfig, dict[str, Any], list[dict[str, Any]]]:
     """Grid-search LM weight x word score by WER (then CER) on `manifest` (dev, never test);
     the model runs once and each setting re-decodes its log-probs. Returns the best setting,
