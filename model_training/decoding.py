@@ -314,8 +314,14 @@ class LexiconLMDecoder:
         transcript = Transcript(text="", duration=emissions.shape[0] * self.frame_seconds)
         if emissions.shape[0] == 0:
             return transcript
+        # The lexicon spells every word with a closing separator, but CTC targets have none
+        # after the last word: the model gives "|" ~e^-25 at the end, and the search would
+        # rather drop the last word than pay it. One closing frame of certain "|" ends the
+        # utterance at a word boundary (timings keep to the real frames below).
+        closing = torch.full((1, emissions.shape[1]), -1e4)
+        closing[0, self.vocab.word_sep_id] = 0.0
         with self._lock:
-            best = self._decoder(emissions.unsqueeze(0))[0][0]
+            best = self._decoder(torch.cat([emissions, closing]).unsqueeze(0))[0][0]
         probs = emissions.exp()
         spelled: list[WordTiming] = []  # every letter run of the best token path, timed
         chars: list[tuple[str, int, float]] = []

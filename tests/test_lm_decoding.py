@@ -124,6 +124,24 @@ def test_lexicon_and_lm_correct_a_misspelled_word(tmp_path):
         decode(log_probs[:, :5])
 
 
+def test_the_last_word_survives_emissions_without_a_closing_separator(tmp_path):
+    """CTC targets have no separator after the last word, so a trained model gives "|" almost
+    nothing at the end; the lexicon spells words with one. The last word must still come out."""
+    vocab = CharVocab()
+    lm_path = build_kneser_ney(SENTENCES, 3).write_arpa(tmp_path / "lm.arpa.gz")
+    log_probs, _ = _spelled(vocab, "THE CAT SAT")
+    log_probs[:, vocab.word_sep_id] = torch.where(
+        log_probs[:, vocab.word_sep_id] > -1, log_probs[:, vocab.word_sep_id], -30.0
+    )  # "|" only where spelled (between words), never after the last one
+    log_probs = log_probs.log_softmax(-1)
+    decode = LexiconLMDecoder(vocab, lm_path, 0.02, LMDecoderConfig(str(lm_path), 1.0, 0.0, 50))
+    transcript = decode(log_probs)
+    assert transcript.text == "THE CAT SAT"
+    assert (
+        transcript.words[-1].end <= transcript.duration == pytest.approx(log_probs.shape[0] * 0.02)
+    )
+
+
 def test_no_decoder_spec_means_greedy_and_a_missing_lm_is_an_error(tmp_path):
     vocab = CharVocab()
     log_probs, _ = _spelled(vocab, "THE CAT SAD")
