@@ -15,9 +15,11 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import yaml
 from demo_pick import best_run
 
 from model_training.bundle import lineage_chain, load_bundle
+from model_training.data.manifest import read_manifest
 from model_training.training.export import export_run
 
 SPLITS = {
@@ -167,6 +169,8 @@ def main() -> None:
         repeats=1,
     )
     corpus = json.loads(args.corpus_card.read_text())
+    settings = yaml.safe_load((args.runs / best / "config.yaml").read_text())
+    trained = read_manifest(settings["train_manifest"]).total_samples / 16000 / 3600
     init = best.split("_")[1] if best.startswith("ft_") else best
     rows = []
     for split, label in SPLITS.items():
@@ -186,7 +190,7 @@ def main() -> None:
         teacher=NO_TEACHER if init == "random" else TEACHER,
         upstream_m=sum(p.numel() for p in load_bundle(args.out).upstream.parameters()) / 1e6,
         total_m=config["parameters"] / 1e6,
-        **corpus_sentences(corpus),
+        **corpus_sentences(corpus, trained),
         run=best,
         continued=continued_sentence(provenance),
         score_rows="\n".join(rows),
@@ -201,10 +205,12 @@ def main() -> None:
     print(f"exported {best} to {args.out} ({size / 1e6:.1f} MB)")
 
 
-def corpus_sentences(corpus: dict[str, Any]) -> dict[str, str]:
+def corpus_sentences(corpus: dict[str, Any], trained_hours: float | None = None) -> dict[str, str]:
     """The card's words for the corpus of the last run (`corpus_size`, `corpus_origin`), from
     its card.json. A corpus synthesized with `--train-start N` holds only *new* training audio:
-    the utterances of the seed's train stream after the first N, which earlier runs heard."""
+    the utterances of the seed's train stream after the first N, which earlier runs heard.
+    `trained_hours`: the hours of the run's train manifest, more than the corpus's when
+    earlier corpora were appended to it (demo.mk FT_EXTRA_TRAIN)."""
     hours = float(corpus["splits"]["train"]["hours"])
     seed, start = corpus.get("seed", 0), int(corpus.get("train_start") or 0)
     command = f"`hubert-lstm data synth --hours {hours:g} --seed {seed}"
@@ -214,16 +220,22 @@ def corpus_sentences(corpus: dict[str, Any]) -> dict[str, str]:
             "corpus_size": f"a ~{hours:.3g}-hour **synthetic** English corpus",
             "corpus_origin": f"Synthetic corpus from {command}",
         }
+    earlier = (trained_hours or 0.0) - hours
+    size = f"~{hours:.3g} h of new training audio"
+    origin = (
+        f"Its last run trained on {command}: {hours:g} h of new training audio, the "
+        f"utterances of the same seed's train stream after the first {start}, which the runs "
+        "it continued were trained on"
+    )
+    if earlier > 0.05:
+        size += f" and ~{earlier:.3g} h it had heard before"
+        origin += (
+            f", together with {earlier:.3g} h of those earlier utterances (the train split of "
+            "the corpus the previous run was trained on)"
+        )
     return {
-        "corpus_size": (
-            f"a **synthetic** English corpus (its last run: ~{hours:.3g} h of new training audio)"
-        ),
-        "corpus_origin": (
-            f"Its last run trained on {command}: {hours:g} h of new "
-            f"training audio, the utterances of the same seed's train stream after the first "
-            f"{start}, which the runs it continued were trained on; dev and test_unseen are "
-            "the same"
-        ),
+        "corpus_size": f"a **synthetic** English corpus (its last run: {size})",
+        "corpus_origin": f"{origin}; dev and test_unseen are the same",
     }
 
 

@@ -99,3 +99,8 @@ def test_a_corpus_that_extends_the_train_stream_is_described_as_new_audio(
     assert "-hour" not in extended["corpus_size"] and "~3 h of new" in extended["corpus_size"]
     assert "--hours 3 --seed 0 --train-start 3811`" in extended["corpus_origin"]
     assert "after the first 3811" in extended["corpus_origin"]
+    assert "before" not in extended["corpus_size"] + extended["corpus_origin"]
+    # FT_EXTRA_TRAIN appended 3 h of earlier audio: the card says so, not "3 h" alone
+    both = corpus_sentences({**corpus, "train_start": 3811, "splits": {"train": {"hours": 3}}}, 6.0)
+    assert "~3 h of new training audio and ~3 h it had heard before" in both["corpus_size"]
+    assert "together with 3 h of those earlier utterances" in both["corpus_origin"]
