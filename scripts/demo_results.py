@@ -212,15 +212,17 @@ def carry_previous(result: dict[str, Any], previous: dict[str, Any]) -> dict[str
         for row in previous.get(key, []):
             if row["name"] in fresh:
                 merged.append(fresh.pop(row["name"]))
-            else:
-                merged.append({**row, "carried": True})
+            else:  # the sizes of the run that measured it (a row carried twice keeps its own)
+                sizes = row.get("sizes") or (
+                    previous.get("carried_sizes") if row.get("carried") else previous.get("sizes")
+                )
+                merged.append({**row, "carried": True, "sizes": sizes})
                 pending.discard(row["name"])
                 pending.discard(f"ctc_{row['name']}")
         out[key] = merged + list(fresh.values())
     for key in ("layer_centres", "teacher_iterations", "sizes"):
         out[key] = result.get(key) or previous.get(key)
     out["pending"] = [p for p in result["pending"] if p in pending]
-    out["carried_sizes"] = previous.get("sizes")
     return out
 
 
@@ -518,13 +520,19 @@ def render_markdown(result: dict[str, Any]) -> str:
             lines.append(
                 f"| {it.get('iteration')} | {units} | {it.get('step', '-')} | {_pct(acc)} |"
             )
-    if any(r.get("carried") for r in result["rows"] + result.get("finetuned_rows", [])):
+    carried: dict[str, list[str]] = {}
+    for r in result["rows"] + result.get("finetuned_rows", []):
+        if r.get("carried"):
+            carried.setdefault(r.get("sizes") or "as above", []).append(r["name"])
+    if carried:
         lines += [
             "",
-            "Rows marked *(carried)* were measured by an earlier run of this pipeline whose run "
-            "folders are gone (a new machine); they are copied from its results.json (sizes: "
-            f"{result.get('carried_sizes') or 'as above'}). The corpus is regenerated from the "
-            "same seed, so the splits are the same sentences and voices.",
+            "Rows marked *(carried)* were measured by earlier runs of this pipeline whose run "
+            "folders are not under this run's OUT (another OUT, or a new machine); they are "
+            "copied from the results.json given as `--previous`. The corpus is regenerated from "
+            "the same seed, so the splits are the same sentences and voices. Their sizes:",
+            "",
+            *(f"- {', '.join(names)}: {sizes}" for sizes, names in carried.items()),
         ]
     if result.get("pending"):
         lines += [

@@ -96,6 +96,35 @@ def test_previous_rows_are_carried_marked_and_lose_to_fresh_ones(results) -> Non
     assert "a new machine" in md and "`ft_new`" in md
 
 
+def test_rows_carried_twice_keep_the_sizes_of_the_run_that_measured_them(results) -> None:
+    """Stop N carried old rows (sizes A) beside its own row (sizes B); stop N+1 carries both:
+    each must still name its own sizes, not stop N's."""
+    row = {"name": "", "description": "d", "dev_wer": 0.5, "dev_cer": 0.2}
+    previous = {
+        "sizes": "HOURS=3 TRAIN_START=3811",
+        "carried_sizes": "HOURS=4",  # as written before rows carried their own sizes
+        "rows": [{**row, "name": "fbank", "carried": True}],
+        "finetuned_rows": [
+            {**row, "name": "ft_dkd_all_long", "carried": True},
+            {**row, "name": "ft_dkd_all_shipped (stop 27)"},
+        ],
+    }
+    result = {"sizes": "HOURS=3 TRAIN_START=6694", "rows": [], "pending": []}
+    result["finetuned_rows"] = [{**row, "name": "ft_dkd_all_shipped"}]
+    merged = results.carry_previous(result, previous)
+    sizes = {r["name"]: r.get("sizes") for r in merged["rows"] + merged["finetuned_rows"]}
+    assert sizes == {
+        "fbank": "HOURS=4",
+        "ft_dkd_all_long": "HOURS=4",
+        "ft_dkd_all_shipped (stop 27)": "HOURS=3 TRAIN_START=3811",
+        "ft_dkd_all_shipped": None,  # measured by this run: the run's own sizes apply
+    }
+    again = results.carry_previous({**result, "finetuned_rows": []}, merged)
+    assert {r["name"]: r["sizes"] for r in again["finetuned_rows"]} == {
+        k: v for k, v in sizes.items() if k != "fbank"
+    } | {"ft_dkd_all_shipped": "HOURS=3 TRAIN_START=6694"}
+
+
 def test_decoding_section_compares_greedy_and_lm_on_every_split(results, tmp_path: Path) -> None:
     runs = tmp_path / "runs"
     assert results.decoding_rows(runs) is None  # before eval_bundle_default ran
