@@ -14,7 +14,6 @@ seconds per second one replica can transcribe with the LM).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -23,7 +22,7 @@ from typing import Any
 import torch
 from common import RESULTS_DIR, pyplot, save_figure, setup_logging, write_json
 
-from model_training.decoding import make_decoder
+from model_training.decoding import LM_DECODER_TYPE, make_decoder
 from model_training.training.evaluate import load_recognizer, score
 from model_training.training.lm_decoding import manifest_emissions
 
@@ -51,14 +50,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def bundle_decoder_spec(bundle: Path) -> dict[str, Any]:
-    """The bundle's "decoder" entry; raises when it decodes greedily (no LM to widen)."""
-    spec = json.loads((bundle / "config.json").read_text()).get("decoder") or {}
-    if spec.get("type") != "lexicon_lm":
-        raise SystemExit(f"{bundle} has no LM decoder (attach one with `hubert-lstm lm attach`)")
-    return spec
-
-
 def decode_all(
     recognizer: Any, spec: dict[str, Any], bundle: Path, emissions: list[torch.Tensor]
 ) -> tuple[list[str], float]:
@@ -74,8 +65,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging()
     torch.set_num_threads(args.threads)
-    spec = bundle_decoder_spec(args.model)
     recognizer = load_recognizer(args.model, "cpu")
+    spec = recognizer.decoder_spec or {}  # the bundle's "decoder" entry, as loaded
+    if spec.get("type") != LM_DECODER_TYPE:
+        raise SystemExit(f"{args.model} has no LM decoder (attach one: `hubert-lstm lm attach`)")
     results: dict[str, list[dict[str, Any]]] = {}
     audio: dict[str, float] = {}
     for name, path in args.manifest.items():
