@@ -170,7 +170,7 @@ def main() -> None:
     )
     corpus = json.loads(args.corpus_card.read_text())
     settings = yaml.safe_load((args.runs / best / "config.yaml").read_text())
-    trained = read_manifest(settings["train_manifest"]).total_samples / 16000 / 3600
+    trained = read_manifest(settings["train_manifest"]).hours
     init = best.split("_")[1] if best.startswith("ft_") else best
     rows = []
     for split, label in SPLITS.items():

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 import yaml
 
-from model_training.data.manifest import read_manifest
+from model_training.data.manifest import Manifest, read_manifest
 from model_training.data.synth import utterance_index
 from model_training.training.evaluate import load_recognizer
 
@@ -73,10 +73,10 @@ def _manifest_hours(path: Path, train_start: int = 0) -> tuple[float, float] | N
     """(all hours, hours of train utterances `train_start` on) of a manifest, None if absent."""
     if not path.is_file():
         return None
-    entries = read_manifest(path).entries
+    manifest = read_manifest(path)
     # a path synth did not write cannot be placed in the stream: counted as new
-    new = [e for e in entries if (utterance_index(e.path) or train_start) >= train_start]
-    return tuple(sum(e.num_samples for e in part) / 16000 / 3600 for part in (entries, new))
+    new = [e for e in manifest if (utterance_index(e.path) or train_start) >= train_start]
+    return manifest.hours, Manifest(manifest.root, new).hours
 
 
 def finetuned_description(runs: Path, run: str, train_start: int = 0) -> str:

@@ -82,7 +82,7 @@ def librispeech(
     items = [*subsets, *(more_subsets or [])]
     names = [s for item in items for s in item.replace(",", " ").split()]
     m = read_manifest(build_librispeech_manifest(root, names, out))
-    typer.echo(f"{out}: {len(m)} utterances, {m.total_samples / 16000 / 3600:.2f} h")
+    typer.echo(f"{out}: {len(m)} utterances, {m.hours:.2f} h")
 
 
 @data_app.command("folder")
@@ -98,7 +98,7 @@ def folder(
     from model_training.data.readers import build_folder_manifest
 
     m = read_manifest(build_folder_manifest(root, out, require_text=require_text))
-    typer.echo(f"{out}: {len(m)} utterances, {m.total_samples / 16000 / 3600:.2f} h")
+    typer.echo(f"{out}: {len(m)} utterances, {m.hours:.2f} h")
 
 
 def register(app: typer.Typer) -> None:

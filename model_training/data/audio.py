@@ -11,9 +11,9 @@ import soundfile as sf
 import torch
 import torchaudio.functional as AF
 
-logger = logging.getLogger(__name__)
+from model_training.data.manifest import SAMPLE_RATE
 
-SAMPLE_RATE = 16000
+logger = logging.getLogger(__name__)
 
 
 def _read_soundfile(path: Path) -> tuple[np.ndarray, int]:

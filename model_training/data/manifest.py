@@ -16,6 +16,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+SAMPLE_RATE = 16000  # the rate every manifest's num_samples counts in
 HEADER: tuple[str, ...] = ("path", "num_samples", "text", "speaker")
 
 
@@ -66,6 +67,11 @@ class Manifest:
     @property
     def total_samples(self) -> int:
         return sum(e.num_samples for e in self.entries)
+
+    @property
+    def hours(self) -> float:
+        """Audio hours of all entries (manifests hold 16 kHz sample counts)."""
+        return self.total_samples / SAMPLE_RATE / 3600
 
 
 def relative_path(audio: str | os.PathLike, manifest_path: str | os.PathLike) -> str:

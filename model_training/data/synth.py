@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from model_training.data.manifest import ManifestEntry, write_manifest
+from model_training.data.manifest import SAMPLE_RATE, ManifestEntry, write_manifest
 from model_training.data.neural_tts import KokoroAssets, engine, prepare_kokoro
 from model_training.data.text_sources import SOURCES, Sentence, load_sentences
 from model_training.data.voices import (
@@ -48,7 +48,6 @@ from model_training.data.voices import (
 
 logger = logging.getLogger(__name__)
 
-SAMPLE_RATE = 16000
 SPLITS = ("train", "dev", "test_unseen")
 _SPLIT_CODE = {s: i for i, s in enumerate(SPLITS)}
 TEXT_FRACTIONS = {"test_unseen": 0.03, "dev": 0.05}  # share of each source's sentences
