@@ -233,10 +233,14 @@ def quantize_dynamic_int8(model: nn.Module) -> nn.Module:
     return torch.ao.quantization.quantize_dynamic(model, {nn.LSTM, nn.Linear}, dtype=torch.qint8)
 
 
-def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
+def load_bundle(
+    path: str | Path, device: str | torch.device = "cpu", build_decoder: bool = True
+) -> Bundle:
     """Load a bundle for inference: model in eval mode on `device`, never unpickling.
 
     An int8 bundle runs on the CPU only (PyTorch's dynamic quantization has no CUDA kernels).
+    `build_decoder=False` leaves `decode` None (replacing a bundle's LM must not need the old
+    one's file).
     """
     path = Path(path)
     config = read_bundle_config(path)
@@ -258,7 +262,7 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
         model.to(device)
     vocab = CharVocab.from_config(config["vocab"]) if config.get("vocab") else None
     decode = None
-    if vocab is not None:
+    if vocab is not None and build_decoder:
         decode = make_decoder(vocab, 1.0 / float(config["frame_rate"]), config.get("decoder"), path)
     return Bundle(model=model, vocab=vocab, config=config, path=path, decode=decode)
 

@@ -13,7 +13,7 @@ import soundfile as sf
 import torch
 
 from model_training.bundle import LM_FILE, attach_lm, load_bundle
-from model_training.data.manifest import Manifest, ManifestEntry
+from model_training.data.manifest import Manifest, ManifestEntry, write_manifest
 from model_training.decoding import (
     LexiconLMDecoder,
     LMDecoderConfig,
@@ -217,3 +217,32 @@ async def test_service_transcribes_with_the_bundles_lm(lm_bundle):
             texts.append(body["text"])
         assert any(texts)
         assert all(set(t.split()) <= lexicon for t in texts), texts
+
+
+def test_lm_attach_tunes_a_new_lm_when_the_old_ones_file_is_gone(lm_bundle, tmp_path):
+    from typer.testing import CliRunner
+
+    from model_training.cli import app
+
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    for f in lm_bundle.iterdir():
+        if f.name != LM_FILE:  # the config still names the old LM, its file is gone
+            (bundle / f.name).write_bytes(f.read_bytes())
+    lm_path = build_kneser_ney(SENTENCES[:3], 2).write_arpa(tmp_path / "new.arpa.gz")
+    entries = []
+    for i, text in enumerate(["THE CAT SAT", "A DOG RAN AWAY"]):
+        wav = sf.read(io.BytesIO(make_wav(1.0 + 0.3 * i, seed=40 + i)), dtype="float32")[0]
+        sf.write(tmp_path / f"u{i}.wav", wav, 16000)
+        entries.append(ManifestEntry(f"u{i}.wav", len(wav), text))
+    write_manifest(tmp_path / "dev.tsv", entries)
+
+    args = ["lm", "attach", "--bundle", str(bundle), "--lm", str(lm_path)]
+    args += ["--tune-manifest", str(tmp_path / "dev.tsv"), "--lm-weights", "0.5 1"]
+    args += ["--word-scores", "0", "--beam-size", "8"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    decoder = json.loads((bundle / "config.json").read_text())["decoder"]
+    assert [g["lm_weight"] for g in decoder["provenance"]["grid"]] == [0.5, 1.0]
+    assert (bundle / LM_FILE).read_bytes() == lm_path.read_bytes()
+    assert load_bundle(bundle).decoder_name == "lexicon_lm"

@@ -85,7 +85,7 @@ def attach(
     facts_path = Path(f"{lm}.json")
     provenance = json.loads(facts_path.read_text()) if facts_path.is_file() else {}
     if tune_manifest is not None:
-        recognizer = load_recognizer(bundle)
+        recognizer = load_recognizer(bundle, build_decoder=False)  # the old LM may be gone
         config, best, grid = tune_decoder(recognizer, tune_manifest, lm, weights, scores, beam_size)
         provenance["tuned_on"] = str(tune_manifest)
         provenance["tuned_dev_wer"] = round(100 * best["wer"], 2)

@@ -269,11 +269,15 @@ def load_head(path: str | os.PathLike) -> tuple[CTCHead, CharVocab | PhoneVocab,
     return head.eval(), TextTask.from_meta(meta).vocab, meta
 
 
-def load_recognizer(path: str | os.PathLike, device: str | torch.device = "cpu") -> Recognizer:
-    """A bundle directory, a fine-tuning run directory (uses its `best/`) or a `best/` dir."""
+def load_recognizer(
+    path: str | os.PathLike, device: str | torch.device = "cpu", build_decoder: bool = True
+) -> Recognizer:
+    """A bundle directory, a fine-tuning run directory (uses its `best/`) or a `best/` dir.
+
+    `build_decoder=False`: a bundle's own decoder (its LM) is not loaded; greedy decoding."""
     path = Path(path)
     if _is_bundle(path):
-        bundle = load_bundle(path, device=device)
+        bundle = load_bundle(path, device=device, build_decoder=build_decoder)
         if not bundle.has_ctc or bundle.vocab is None:
             raise ValueError(f"bundle {path} has no CTC head: it cannot transcribe")
         return Recognizer(
@@ -283,8 +287,8 @@ def load_recognizer(path: str | os.PathLike, device: str | torch.device = "cpu")
             path=path,
             parameters=int(bundle.config.get("parameters") or count_parameters(bundle.model)),
             info={"quantize": bundle.config.get("quantize"), "name": bundle.name},
-            decoder=bundle.decode if bundle.config.get("decoder") else None,
-            decoder_spec=bundle.config.get("decoder"),
+            decoder=bundle.decode if bundle.config.get("decoder") and build_decoder else None,
+            decoder_spec=bundle.config.get("decoder") if build_decoder else None,
         )
     head_dir = path / BEST_DIR if (path / BEST_DIR / HEAD_META).is_file() else path
     if not (head_dir / HEAD_META).is_file():
