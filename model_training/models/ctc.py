@@ -21,6 +21,29 @@ from model_training.models.outputs import UpstreamOutput
 from model_training.models.rnn import run_lstm
 
 
+def resolve_layer_indices(layer_dims: Sequence[int], layer_indices: Sequence[int]) -> list[int]:
+    """Check the hidden states a weighted layer sum mixes; default: every layer as wide as the last.
+
+    Args:
+        layer_dims: width of every upstream hidden state, in order.
+        layer_indices: the mixed states (empty: the default).
+    Raises:
+        ValueError: no layers, an index out of range, or mixed states of different widths.
+    """
+    if not layer_dims:
+        raise ValueError("layer_dims must list the upstream's hidden-state widths")
+    if not layer_indices:
+        layer_indices = [i for i, d in enumerate(layer_dims) if d == layer_dims[-1]]
+    n = len(layer_dims)
+    bad = [i for i in layer_indices if not 0 <= i < n]
+    if bad:
+        raise ValueError(f"layer_indices {bad} outside 0..{n - 1}")
+    widths = {layer_dims[i] for i in layer_indices}
+    if len(widths) != 1:
+        raise ValueError(f"weighted layers must share one width, found {sorted(widths)}")
+    return list(layer_indices)
+
+
 @dataclass
 class CTCHeadConfig:
     """Architecture of a `CTCHead` (SUPERB ASR defaults), stored in bundles.
@@ -61,18 +84,7 @@ class CTCHeadConfig:
     bidirectional: bool = True
 
     def __post_init__(self) -> None:
-        if not self.layer_dims:
-            raise ValueError("layer_dims must list the upstream's hidden-state widths")
-        if not self.layer_indices:
-            width = self.layer_dims[-1]
-            self.layer_indices = [i for i, d in enumerate(self.layer_dims) if d == width]
-        n = len(self.layer_dims)
-        bad = [i for i in self.layer_indices if not 0 <= i < n]
-        if bad:
-            raise ValueError(f"layer_indices {bad} outside 0..{n - 1}")
-        widths = {self.layer_dims[i] for i in self.layer_indices}
-        if len(widths) != 1:
-            raise ValueError(f"weighted layers must share one width, found {sorted(widths)}")
+        self.layer_indices = resolve_layer_indices(self.layer_dims, self.layer_indices)
         for name in ("vocab_size", "lstm_hidden"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, found {getattr(self, name)}")

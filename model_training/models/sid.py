@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from model_training.models.ctc import WeightedLayerSum
+from model_training.models.ctc import WeightedLayerSum, resolve_layer_indices
 
 
 @dataclass
@@ -35,16 +35,7 @@ class SIDHeadConfig:
     layer_norm: bool = True
 
     def __post_init__(self) -> None:
-        if not self.layer_dims:
-            raise ValueError("layer_dims must list the upstream's hidden-state widths")
-        if not self.layer_indices:
-            width = self.layer_dims[-1]
-            self.layer_indices = [i for i, d in enumerate(self.layer_dims) if d == width]
-        n = len(self.layer_dims)
-        if any(not 0 <= i < n for i in self.layer_indices):
-            raise ValueError(f"layer_indices {self.layer_indices} outside 0..{n - 1}")
-        if len({self.layer_dims[i] for i in self.layer_indices}) != 1:
-            raise ValueError("weighted layers must share one width")
+        self.layer_indices = resolve_layer_indices(self.layer_dims, self.layer_indices)
         if self.num_classes < 2:
             raise ValueError(f"SID needs >= 2 speakers, found {self.num_classes}")
 
