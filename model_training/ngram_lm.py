@@ -71,7 +71,9 @@ class NgramLM:
         with ExitStack() as stack:
             raw = stack.enter_context(open(path, "wb"))
             if path.suffix == ".gz":
-                raw = stack.enter_context(gzip.GzipFile(filename="", fileobj=raw, mtime=0))
+                raw = stack.enter_context(
+                    gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0)
+                )
             f = stack.enter_context(io.TextIOWrapper(raw, encoding="utf-8"))
             f.write("\\data\\\n")
             for k in range(1, self.order + 1):

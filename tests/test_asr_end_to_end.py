@@ -245,3 +245,10 @@ def test_continued_bundles_keep_their_lineage(data, tmp_path, monkeypatch) -> No
     card = (tmp_path / "b2_here" / "README.md").read_text()
     assert "run `r1`" in card and "run `r0`" in card and "bundle `b1`" in card
     assert str(tmp_path.resolve()) not in card
+    # ... and neither does its config.json, which holds the lineage once (not again upstream)
+    config = read_bundle_config(tmp_path / "b2_here")
+    assert str(tmp_path.resolve()) not in json.dumps(config)
+    provenance = config["provenance"]
+    assert provenance["run"] == "r2" and provenance["continued_from"]["run"] == "r1"
+    assert provenance["continued_from"]["continued_from"]["run"] == "r0"
+    assert "continued_from" not in provenance["upstream"]

@@ -148,6 +148,23 @@ def shown_path(path: str | None) -> str | None:
         return str(path)
 
 
+PATH_KEYS = ("run", "bundle", "path")
+
+
+def portable_paths(provenance: dict[str, Any]) -> dict[str, Any]:
+    """`provenance` with its run, bundle and weight paths (at any depth of the lineage) as
+    `shown_path` gives them: relative to the working directory where they lie inside it, so a
+    shipped config.json does not carry the exporting machine's absolute paths."""
+    out: dict[str, Any] = {}
+    for key, value in provenance.items():
+        if isinstance(value, dict):
+            value = portable_paths(value)
+        elif key in PATH_KEYS and isinstance(value, str):
+            value = shown_path(value)
+        out[key] = value
+    return out
+
+
 def model_card(name: str, config_facts: dict[str, Any], provenance: dict[str, Any]) -> str:
     """The bundle's README.md: what the model is, how it was made, what was measured."""
     up = provenance["upstream"]
@@ -284,19 +301,21 @@ def export_run(
         ) from err
     manifest = read_manifest(eval_manifest) if eval_manifest else None
     run_info = rec.info
+    # taken when the run started (a publish may have replaced the bundle since); runs from
+    # before that snapshot existed read the bundle now
+    lineage = run_info["upstream"].get("continued_from") or bundle_lineage(run_info["upstream"])
+    upstream_ref = {k: v for k, v in run_info["upstream"].items() if k != "continued_from"}
     provenance: dict[str, Any] = {
         "run": str(Path(run_dir).resolve()),
-        "upstream": run_info["upstream"],
+        "upstream": upstream_ref,  # its lineage once, as "continued_from" below
         "step": run_info.get("step"),
         "dev": run_info.get("dev"),
         "end_to_end": bool(run_info.get("end_to_end")),
         "quantize": quantize,
     }
-    # taken when the run started (a publish may have replaced the bundle since); runs from
-    # before that snapshot existed read the bundle now
-    lineage = run_info["upstream"].get("continued_from") or bundle_lineage(run_info["upstream"])
     if lineage is not None:
         provenance["continued_from"] = lineage
+    provenance = portable_paths(provenance)
     fp32_eval = evaluate_recognizer(rec, manifest) if manifest is not None else None
     if fp32_eval is not None:
         provenance["evaluation"] = {"manifest": str(eval_manifest), "fp32": fp32_eval}
