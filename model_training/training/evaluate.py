@@ -287,7 +287,8 @@ def load_recognizer(
             path=path,
             parameters=int(bundle.config.get("parameters") or count_parameters(bundle.model)),
             info={"quantize": bundle.config.get("quantize"), "name": bundle.name},
-            decoder=bundle.decode if bundle.config.get("decoder") and build_decoder else None,
+            # decode is None when build_decoder is False (load_bundle)
+            decoder=bundle.decode if bundle.config.get("decoder") else None,
             decoder_spec=bundle.config.get("decoder") if build_decoder else None,
         )
     head_dir = path / BEST_DIR if (path / BEST_DIR / HEAD_META).is_file() else path
