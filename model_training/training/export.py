@@ -166,7 +166,8 @@ def portable_paths(provenance: dict[str, Any]) -> dict[str, Any]:
 
 
 def model_card(name: str, config_facts: dict[str, Any], provenance: dict[str, Any]) -> str:
-    """The bundle's README.md: what the model is, how it was made, what was measured."""
+    """The bundle's README.md: what the model is, how it was made, what was measured
+    (`provenance` as `export_run` stores it: its paths already made portable)."""
     up = provenance["upstream"]
     lines = [
         f"# {name}",
@@ -178,7 +179,7 @@ def model_card(name: str, config_facts: dict[str, Any], provenance: dict[str, An
         "## Model",
         "",
         f"- upstream: `{config_facts['upstream_type']}` (from {up.get('kind')}"
-        + (f" `{shown_path(up['path'])}`" if up.get("path") else "")
+        + (f" `{up['path']}`" if up.get("path") else "")
         + ")",
         f"- parameters: {config_facts['parameters']:,} "
         f"(upstream {config_facts['upstream_parameters']:,}, "
@@ -190,8 +191,7 @@ def model_card(name: str, config_facts: dict[str, Any], provenance: dict[str, An
         "",
         "## Training",
         "",
-        f"- fine-tuning run: `{shown_path(provenance['run'])}` "
-        f"(head from step {provenance.get('step')})",
+        f"- fine-tuning run: `{provenance['run']}` (head from step {provenance.get('step')})",
     ]
     lines += lineage_lines(provenance)
     if provenance.get("end_to_end"):
@@ -386,8 +386,8 @@ def lineage_lines(provenance: dict[str, Any]) -> list[str]:
         dev = link.get("dev") or {}
         cer = f", dev CER {_fmt(dev['cer'])}" if dev.get("cer") is not None else ""
         lines.append(
-            f"- continued from bundle `{shown_path(link['bundle'])}`: "
-            f"run `{shown_path(link.get('run'))}` "
+            f"- continued from bundle `{link['bundle']}`: "
+            f"run `{link.get('run')}` "
             f"(step {link.get('step')}{cer})"
         )
     return lines
