@@ -60,6 +60,9 @@ FT_MORE_STEPS ?= $(shell echo $$(( $(FT_LONG_STEPS) * 2 )))
 FT_SHIPPED_STEPS ?= $(FT_LONG_STEPS)
 FT_SHIPPED_LR ?= 1e-3
 FT_SHIPPED_UPSTREAM_SCALE ?= 0.25
+# speed perturbation of its training utterances, comma-separated factors (e.g. 0.9,1.0,1.1:
+# each utterance at one of them, drawn per step); empty = off
+FT_SHIPPED_SPEED ?=
 # PR heads are one linear layer on cached features (~8 ms a step on one thread; the upstream
 # pass dominates), and at SUPERB's lr their dev PER is noisy: twice the steps, fewer
 # evaluations, more patience than the CTC heads
@@ -205,7 +208,8 @@ $(SHIPPED_RUNS:%=$(S)/%): RUN_DATA = all
 $(SHIPPED_RUNS:%=$(S)/%): RUN_STEPS = $(FT_SHIPPED_STEPS)
 $(SHIPPED_RUNS:%=$(S)/%): RUN_FREEZE = 0
 $(SHIPPED_RUNS:%=$(S)/%): RUN_SETS = --set lr=$(FT_SHIPPED_LR) \
-  --upstream-lr-scale $(FT_SHIPPED_UPSTREAM_SCALE)
+  --upstream-lr-scale $(FT_SHIPPED_UPSTREAM_SCALE) \
+  $(if $(FT_SHIPPED_SPEED),--set 'speed_perturb=[$(FT_SHIPPED_SPEED)]')
 FT_ALL := $(FT_RUNS) $(FT_MORE) $(SHIPPED_RUNS)
 $(FT_ALL:%=$(S)/%): UPSTREAM ?= $(OUT)/distill_$(word 2,$(subst _, ,$(@F)))
 $(FT_ALL:%=$(S)/%): FT_CONFIG ?= configs/ctc/demo.yaml

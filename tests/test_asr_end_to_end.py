@@ -113,8 +113,10 @@ def test_freeze_options_hold_the_upstream(data, tmp_path) -> None:
 
 def test_end_to_end_resume_equals_uninterrupted(data, tmp_path) -> None:
     """Stop at step 3 (after the 2 frozen steps, mid-epoch), resume to 6: bit-identical
-    upstream and head, as a run that never stopped (upstream dropout on)."""
+    upstream and head, as a run that never stopped (upstream dropout and speed perturbation
+    on: the resumed run draws the same speeds)."""
     opts = dict(end_to_end=True, freeze_upstream_steps=2, max_steps=6, checkpoint_every=3)
+    opts["speed_perturb"] = [0.9, 1.0, 1.1]
     run(_config(data, tmp_path / "whole", dev=True, **opts))
     run(_config(data, tmp_path / "split", dev=True, stop_at_step=3, **opts))
     assert json.loads((tmp_path / "split" / "metrics.json").read_text())["step"] == 3
@@ -126,6 +128,12 @@ def test_end_to_end_resume_equals_uninterrupted(data, tmp_path) -> None:
     ma = json.loads((tmp_path / "whole" / "metrics.json").read_text())
     mb = json.loads((tmp_path / "split" / "metrics.json").read_text())
     assert ma["evaluations"] == mb["evaluations"]
+    # and the perturbation is not a no-op: without it the same run ends elsewhere
+    opts["speed_perturb"] = []
+    run(_config(data, tmp_path / "plain", dev=True, **opts))
+    a = load_file(str(tmp_path / "whole" / "best" / "upstream.safetensors"))
+    b = load_file(str(tmp_path / "plain" / "best" / "upstream.safetensors"))
+    assert not all(torch.equal(a[k], b[k]) for k in a)
 
 
 async def test_cli_end_to_end_export_serves_the_runs_model(data, tmp_path, caplog) -> None:

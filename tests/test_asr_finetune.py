@@ -143,6 +143,10 @@ def test_config_validation(speech: Path, tmp_path) -> None:
         FinetuneConfig(train_manifest="x", head={"vocab_size": 10})
     with pytest.raises(ValueError, match="train_manifest"):
         FinetuneConfig()
+    with pytest.raises(ValueError, match="speed_perturb"):
+        FinetuneConfig(train_manifest="x", speed_perturb=[0.9], feature_cache="memory")
+    with pytest.raises(ValueError, match="cheap"):
+        FinetuneConfig(train_manifest="x", speed_perturb=[1.037])
 
 
 def test_filter_manifest_drops_unusable_utterances(tmp_path) -> None:

@@ -13,7 +13,8 @@ As in fairseq (`freeze_finetune_updates`) it can stay frozen for the first
 features), and, as transformers' `freeze_feature_encoder`, its CNN can stay frozen
 throughout (`freeze_feature_extractor`). A distilled student's cluster head, which CTC does
 not use, is dropped first. The feature cache cannot serve a changing upstream: it is turned
-off with a warning. `best/` then also holds the fine-tuned upstream, and `export` bundles it.
+off with a warning. `speed_perturb` (data/augment.py) plays each training utterance at a
+speed drawn per step. `best/` then also holds the fine-tuned upstream, and `export` bundles it.
 
 Every `eval_every` steps the dev set is decoded greedily with the shared decoder; the head
 (and, end to end, the upstream) with the lowest dev WER (ties: CER; `select_by`) is written
@@ -61,6 +62,7 @@ from torch.utils.data import DataLoader
 
 from model_training.bundle import bundle_lineage, strip_for_inference
 from model_training.data.audio import SAMPLE_RATE
+from model_training.data.augment import speed_perturb, validate_speed_factors
 from model_training.data.collate import AudioBatch
 from model_training.data.manifest import Manifest, read_manifest
 from model_training.data.sampler import LengthBucketSampler
@@ -127,6 +129,8 @@ class FinetuneConfig:
             (None: run to the end); with a large max_steps, heads train until dev stops
             improving.
         feature_cache: none | memory | disk (see the module docstring).
+        speed_perturb: speed factors drawn per training utterance and step (e.g. [0.9, 1.0,
+            1.1]; `data.augment.speed_perturb`); empty = off. Needs feature_cache none.
         precision: fp32 | bf16 | fp16 (autocast on CUDA only).
         task: asr (characters, WER/CER) or pr (phones, PER; `select_by` is then per).
         phonemes: task pr: `phones.PhonemizerConfig` fields (backend espeak|lexicon, voice,
@@ -170,6 +174,7 @@ class FinetuneConfig:
     # empty transcript scores WER 1.0 and beats a useful one with insertions; cer then helps.
     select_by: str = "wer"
     feature_cache: str = "none"
+    speed_perturb: list[float] = field(default_factory=list)
     seed: int = 0
     device: str = "auto"
     precision: str = "fp32"
@@ -204,6 +209,10 @@ class FinetuneConfig:
             raise ValueError(
                 f"feature_cache must be one of {FEATURE_CACHE_MODES}, found {self.feature_cache!r}"
             )
+        if self.speed_perturb:
+            validate_speed_factors(self.speed_perturb, SAMPLE_RATE)
+            if self.feature_cache != "none" and not self.end_to_end:
+                raise ValueError("speed_perturb changes the audio every step: feature_cache none")
         if self.precision not in ("fp32", "bf16", "fp16"):
             raise ValueError(f"precision must be fp32|bf16|fp16, found {self.precision!r}")
         bad = set(self.head) & set(_DERIVED_HEAD_FIELDS)
@@ -300,6 +309,9 @@ class CTCTask:
         self, batch: tuple[list[int], AudioBatch | None, list[int]], step: int
     ) -> tuple[Tensor, dict[str, float]]:
         indices, audio, loaded = batch
+        if self.cfg.speed_perturb and audio is not None:
+            draw = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + step)
+            audio = speed_perturb(audio, self.cfg.speed_perturb, draw, SAMPLE_RATE)
         if self.trained_upstream is not None and audio is not None:
             hidden, lengths = self.upstream_features(audio, step)
         else:
