@@ -130,7 +130,8 @@ class FinetuneConfig:
             improving.
         feature_cache: none | memory | disk (see the module docstring).
         speed_perturb: speed factors drawn per training utterance and step (e.g. [0.9, 1.0,
-            1.1]; `data.augment.speed_perturb`); empty = off. Needs feature_cache none.
+            1.1]; `data.augment.speed_perturb`); empty = off. A frozen upstream then needs
+            feature_cache none (end to end turns the cache off anyway).
         precision: fp32 | bf16 | fp16 (autocast on CUDA only).
         task: asr (characters, WER/CER) or pr (phones, PER; `select_by` is then per).
         phonemes: task pr: `phones.PhonemizerConfig` fields (backend espeak|lexicon, voice,
