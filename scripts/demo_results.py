@@ -82,8 +82,9 @@ def _manifest_hours(path: Path, train_start: int = 0) -> tuple[float, float] | N
 def finetuned_description(runs: Path, run: str, train_start: int = 0) -> str:
     """ "DKD student (dkd_b4), all 12.0 h" for ft_dkd_all, from the run folders themselves;
     a run trained longer than the others (ft_dkd_all_long) names its steps, a continuation
-    (ft_dkd_all_more) also the run it continued. `train_start` > 0: the corpus is new audio
-    after that many utterances of the train stream (demo.mk's TRAIN_START), said so."""
+    (ft_dkd_all_more) also the run it continued, and its speed perturbation if any.
+    `train_start` > 0: the corpus is new audio after that many utterances of the train
+    stream (demo.mk's TRAIN_START), said so."""
     _, init, data = run.split("_", 2)
     data, _, longer = data.partition("_")
     text = FT_INITS.get(init, init)
@@ -108,6 +109,9 @@ def finetuned_description(runs: Path, run: str, train_start: int = 0) -> str:
             lineage = info.get("upstream", {}).get("continued_from")
             text += f", {continued_what(Path(source), lineage)} continued"
         text += f", stopped at step {done} of {planned}" if stopped else f", {planned} steps"
+        if settings.get("speed_perturb"):
+            factors = "/".join(f"{f:g}" for f in settings["speed_perturb"])
+            text += f", speed perturbation x{factors}"
     return text
 
 

@@ -180,3 +180,21 @@ def test_new_audio_is_told_apart_from_earlier_corpora_appended_to_it(
         "random init (no distillation), all 2.8 h, of which 1.5 h of new audio "
         "(train utterances 6694 on)"
     )
+
+
+def test_a_longer_run_names_its_steps_and_speed_perturbation(results, tmp_path: Path) -> None:
+    manifests = tmp_path / "manifests"
+    manifests.mkdir()
+    (manifests / "ft_all.tsv").write_text("path\tnum_samples\na.flac\t57600000\n")  # 1.0 h
+    run = tmp_path / "ft_random_all_long"
+    run.mkdir()
+    (run / "config.yaml").write_text("max_steps: 8000\n")
+    (run / "metrics.json").write_text(json.dumps({"step": 7000}))
+    stopped = results.finetuned_description(tmp_path, "ft_random_all_long")
+    assert stopped == "random init (no distillation), all 1.0 h, stopped at step 7000 of 8000"
+    (run / "config.yaml").write_text("max_steps: 8000\nspeed_perturb: [0.9, 1.0, 1.1]\n")
+    (run / "metrics.json").write_text(json.dumps({"step": 8000}))
+    perturbed = results.finetuned_description(tmp_path, "ft_random_all_long")
+    assert perturbed == (
+        "random init (no distillation), all 1.0 h, 8000 steps, speed perturbation x0.9/1/1.1"
+    )
