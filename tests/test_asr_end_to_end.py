@@ -138,13 +138,15 @@ def test_end_to_end_resume_equals_uninterrupted(data, tmp_path) -> None:
 
 async def test_cli_end_to_end_export_serves_the_runs_model(data, tmp_path, caplog) -> None:
     """`finetune-ctc --end-to-end` -> `export` -> the bundle loads, scores and serves exactly
-    like the run's best model; the feature cache is turned off with a warning."""
+    like the run's best model; the feature cache is turned off with a warning; the card names
+    the run's speed perturbation."""
     out, bundle = tmp_path / "run", tmp_path / "bundle"
     args = ["finetune-ctc", "--upstream", str(data["student"]), "--train", str(data["manifest"])]
     args += ["--dev", str(data["manifest"]), "--out", str(out), "--config", str(TINY)]
     args += ["--max-steps", "6", "--end-to-end", "--upstream-lr-scale", "0.5"]
     args += ["--freeze-upstream-steps", "1", "--feature-cache", "memory"]
     args += ["--set", "eval_every=3", "--set", "target_dev_cer=null"]
+    args += ["--set", "speed_perturb=[0.9,1.1]"]
     with caplog.at_level(logging.WARNING):
         result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
@@ -157,7 +159,9 @@ async def test_cli_end_to_end_export_serves_the_runs_model(data, tmp_path, caplo
     assert result.exit_code == 0, result.output
     config = read_bundle_config(bundle)
     assert config["provenance"]["end_to_end"] and config["upstream"]["config"]["num_classes"] == 0
-    assert "fine-tuned end to end" in (bundle / "README.md").read_text()
+    card = (bundle / "README.md").read_text()
+    assert "fine-tuned end to end" in card and "played at x0.9, x1.1" in card
+    assert config["provenance"]["speed_perturb"] == [0.9, 1.1]
 
     run_model = load_recognizer(out)
     served = load_bundle(bundle)

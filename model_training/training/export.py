@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from torch import Tensor, nn
 
 from model_training.bundle import (
@@ -196,6 +197,9 @@ def model_card(name: str, config_facts: dict[str, Any], provenance: dict[str, An
     lines += lineage_lines(provenance)
     if provenance.get("end_to_end"):
         lines.append("- the upstream was fine-tuned end to end with the head (CTC loss)")
+    if provenance.get("speed_perturb"):
+        factors = ", ".join(f"x{f:g}" for f in provenance["speed_perturb"])
+        lines.append(f"- speed perturbation: each training utterance played at {factors}, per step")
     dev = provenance.get("dev")
     if dev:
         lines.append(f"- dev at selection: WER {_fmt(dev.get('wer'))}, CER {_fmt(dev.get('cer'))}")
@@ -315,6 +319,10 @@ def export_run(
     }
     if lineage is not None:
         provenance["continued_from"] = lineage
+    settings = Path(run_dir) / "config.yaml"  # the run's training config, as it saved it
+    saved = yaml.safe_load(settings.read_text()) if settings.is_file() else {}
+    if speed := saved.get("speed_perturb"):
+        provenance["speed_perturb"] = speed
     provenance = portable_paths(provenance)
     fp32_eval = evaluate_recognizer(rec, manifest) if manifest is not None else None
     if fp32_eval is not None:
