@@ -162,6 +162,10 @@ async def test_cli_end_to_end_export_serves_the_runs_model(data, tmp_path, caplo
     card = (bundle / "README.md").read_text()
     assert "fine-tuned end to end" in card and "played at x0.9, x1.1" in card
     assert config["provenance"]["speed_perturb"] == [0.9, 1.1]
+    # exported from the run's `best/` folder, the card still finds the run's config
+    result = CliRunner().invoke(app, ["export", "--run", str(out / "best"), "--out", str(bundle)])
+    assert result.exit_code == 0, result.output
+    assert "played at x0.9, x1.1" in (bundle / "README.md").read_text()
 
     run_model = load_recognizer(out)
     served = load_bundle(bundle)

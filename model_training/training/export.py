@@ -319,7 +319,9 @@ def export_run(
     }
     if lineage is not None:
         provenance["continued_from"] = lineage
-    settings = Path(run_dir) / "config.yaml"  # the run's training config, as it saved it
+    # the run's training config, as it saved it (next to `best/` when given that folder)
+    run_root = Path(run_dir).parent if Path(run_dir).name == "best" else Path(run_dir)
+    settings = run_root / "config.yaml"
     saved = yaml.safe_load(settings.read_text()) if settings.is_file() else {}
     if speed := saved.get("speed_perturb"):
         provenance["speed_perturb"] = speed
