@@ -37,6 +37,7 @@ from model_training.decoding import greedy_ctc_decode_batch
 from model_training.models.ctc import ASRModel
 from model_training.models.registry import upstream_type_name
 from model_training.training.evaluate import (
+    BEST_DIR,
     Recognizer,
     evaluate_recognizer,
     load_recognizer,
@@ -320,7 +321,7 @@ def export_run(
     if lineage is not None:
         provenance["continued_from"] = lineage
     # the run's training config, as it saved it (next to `best/` when given that folder)
-    run_root = Path(run_dir).parent if Path(run_dir).name == "best" else Path(run_dir)
+    run_root = Path(run_dir).parent if Path(run_dir).name == BEST_DIR else Path(run_dir)
     settings = run_root / "config.yaml"
     saved = yaml.safe_load(settings.read_text()) if settings.is_file() else {}
     if speed := saved.get("speed_perturb"):
