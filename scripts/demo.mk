@@ -35,6 +35,9 @@ TEST_HOURS ?=
 # TRAIN_START=N: the corpus is HOURS of new training audio after the first N utterances of the
 # seed's train stream (extends a corpus of N utterances; `data synth --train-start`)
 TRAIN_START ?= 0
+# SYNTH_ENGINE_WEIGHTS: the train split's engine shares changed, e.g. espeak=0.28,piper=0.05
+# (`data synth --engine-weights`; dev and test_unseen keep theirs)
+SYNTH_ENGINE_WEIGHTS ?=
 SYNTH_WORKERS ?= 2
 # FT_EXTRA_TRAIN: train manifests of earlier corpora of the same stream (TRAIN_START), appended
 # to ft_all so that a continuation on new audio keeps hearing the old
@@ -107,7 +110,8 @@ bundles: $(S)/export_default $(S)/export_streaming
 $(S)/synth:
 	$(STAGE) $@ $(HL) data synth --out $(DATA) --hours $(HOURS) --seed $(SEED) \
 	  --workers $(SYNTH_WORKERS) --no-progress $(if $(DEV_HOURS),--dev-hours $(DEV_HOURS)) \
-	  $(if $(TEST_HOURS),--test-hours $(TEST_HOURS)) --train-start $(TRAIN_START)
+	  $(if $(TEST_HOURS),--test-hours $(TEST_HOURS)) --train-start $(TRAIN_START) \
+	  $(if $(SYNTH_ENGINE_WEIGHTS),--engine-weights $(SYNTH_ENGINE_WEIGHTS))
 
 $(S)/manifests: $(S)/synth
 	$(STAGE) $@ bash -c '\

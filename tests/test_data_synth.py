@@ -20,6 +20,8 @@ from model_training.data.voices import (
     KOKORO_TEST_UNSEEN,
     Voice,
     build_voices,
+    engine_weights,
+    parse_engine_weights,
     reserved_voices,
 )
 from model_training.text import normalize_text
@@ -74,10 +76,12 @@ def _voices() -> dict[str, list[Voice]]:
     }
 
 
-def _make(out: Path, hours: float = 0.004, train_start: int = 0) -> dict:
+def _make(
+    out: Path, hours: float = 0.004, train_start: int = 0, weights: dict | None = None
+) -> dict:
     config = SynthConfig(
         out, hours=hours, seed=5, dev_hours=0.002, test_hours=0.001, workers=2, aug_fraction=0.5,
-        progress=False, train_start=train_start,
+        progress=False, train_start=train_start, train_engine_weights=weights,
     )  # fmt: skip
     return synthesize_corpus(config, sentences=_sentences(), voices=_voices())
 
@@ -146,6 +150,31 @@ def test_train_start_extends_the_train_stream_and_keeps_dev_and_test(
             corpus / f"{split}.tsv"
         ).read_bytes()
         assert same, split
+
+
+def test_train_engine_weights_change_train_only(corpus: Path, tmp_path: Path) -> None:
+    weights = parse_engine_weights("festival=0, flite=0")
+    card = _make(tmp_path / "w", weights=weights)
+    speakers = {e.speaker for e in read_manifest(tmp_path / "w" / "train.tsv")}
+    assert speakers and all(s.startswith("espeak:") for s in speakers)
+    default_train = {e.speaker for e in read_manifest(corpus / "train.tsv")}
+    assert not all(s.startswith("espeak:") for s in default_train)
+    assert card["engine_weights"]["train"] == weights
+    assert card["engine_weights"]["dev"] == engine_weights("dev")
+    for split in ("dev", "test_unseen"):  # evaluation splits stay byte for byte the same
+        assert (tmp_path / "w" / f"{split}.tsv").read_bytes() == (
+            corpus / f"{split}.tsv"
+        ).read_bytes(), split
+
+
+def test_parse_engine_weights_changes_named_engines_and_refuses_bad_specs() -> None:
+    weights = parse_engine_weights("espeak=0.3,piper=0.05")
+    assert weights == {**engine_weights("train"), "espeak": 0.3, "piper": 0.05}
+    assert parse_engine_weights("") == engine_weights("train")
+    for bad in ("espeak", "pico=0.1", "espeak=x", "espeak=-1", "espeak=nan",
+                "kokoro=0,piper=0,espeak=0,festival=0,flite=0"):  # fmt: skip
+        with pytest.raises(ValueError):
+            parse_engine_weights(bad)
 
 
 def test_default_voice_sets_are_disjoint_and_keep_reserved_voices_out() -> None:

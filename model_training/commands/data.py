@@ -41,10 +41,21 @@ def synth(
         help="Skip this many train utterances (a smaller corpus's count, same seed): --hours of "
         "new training audio that extends it; train.tsv lists only the new part.",
     ),
+    engine_weights: str | None = typer.Option(
+        None,
+        "--engine-weights",
+        help="Train split only: change engines' relative shares of utterances, e.g. "
+        "'espeak=0.28,piper=0.05' (others keep their default; dev and test_unseen unchanged).",
+    ),
 ) -> None:
     """Synthesize an English corpus: Kokoro, Piper, espeak-ng, festival, flite (resumable)."""
     from model_training.data.synth import SynthConfig, synthesize_corpus
+    from model_training.data.voices import parse_engine_weights
 
+    try:
+        train_weights = parse_engine_weights(engine_weights) if engine_weights else None
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--engine-weights") from None
     config = SynthConfig(
         out_dir=out,
         hours=hours,
@@ -58,6 +69,7 @@ def synth(
         tts_cache=tts_cache,
         kokoro_voices_tgz=kokoro_voices_tgz,
         train_start=train_start,
+        train_engine_weights=train_weights,
     )
     card = synthesize_corpus(config)
     summary = {s: {k: v[k] for k in ("utterances", "hours")} for s, v in card["splits"].items()}

@@ -133,11 +133,15 @@ def plan_split(
     voices: list[Voice],
     sentences: dict[str, list[Sentence]],
     aug_fraction: float,
+    weights: dict[str, float] | None = None,
 ) -> Iterator[UttSpec]:
-    """The split's utterances in order (endless; sentences are reused only when exhausted)."""
-    weights = engine_weights(split)
+    """The split's utterances in order (endless; sentences are reused only when exhausted).
+
+    `weights`: relative share of utterances per engine (default `engine_weights(split)`).
+    """
+    weights = engine_weights(split) if weights is None else weights
     by_engine = {e: [v for v in voices if v.engine == e] for e in weights}
-    engines = [e for e in weights if by_engine[e]]
+    engines = [e for e in weights if by_engine[e] and weights[e] > 0]
     sources = [s for s in SOURCE_WEIGHTS if sentences.get(s)]
     if not engines or not sources:
         raise ValueError(f"{split}: need voices and sentences, found {engines} and {sources}")
@@ -315,6 +319,14 @@ class SynthConfig:
     # splits.train.utterances); train.tsv then lists only the new part, dev and test_unseen
     # are the same as the extended corpus's for the same dev/test hours
     train_start: int = 0
+    # relative engine shares for the train split only (dev and test_unseen keep theirs, so
+    # evaluations stay comparable across corpora); None: `engine_weights("train")`
+    train_engine_weights: dict[str, float] | None = None
+
+    def split_weights(self, split: str) -> dict[str, float]:
+        if split == "train" and self.train_engine_weights is not None:
+            return dict(self.train_engine_weights)
+        return engine_weights(split)
 
     def split_hours(self) -> dict[str, float]:
         dev = 0.05 * self.hours if self.dev_hours is None else self.dev_hours
@@ -357,7 +369,10 @@ def synthesize_corpus(
             if target_s <= 0 or not voices.get(split):
                 continue
             bar.set_description(split)
-            plan = plan_split(split, config.seed, voices[split], texts[split], config.aug_fraction)
+            plan = plan_split(
+                split, config.seed, voices[split], texts[split], config.aug_fraction,
+                config.split_weights(split),
+            )  # fmt: skip
             if split == "train":  # the skipped specs still advance the sentence pools
                 for _ in range(config.train_start):
                     next(plan)
@@ -429,6 +444,7 @@ def _card(config, done, voices, sentences, texts) -> dict:
         "requested_hours": config.split_hours(),
         "aug_fraction": config.aug_fraction,
         "train_start": config.train_start,
+        "engine_weights": {s: config.split_weights(s) for s in SPLITS},
         "splits": splits,
         "engines": {
             "espeak": "espeak-ng (GPL-3+), accents x variants + random custom variants",

@@ -221,6 +221,28 @@ def engine_weights(split: str) -> dict[str, float]:
     return {"kokoro": 0.42, "piper": 0.13, "espeak": 0.22, "festival": 0.14, "flite": 0.09}
 
 
+def parse_engine_weights(spec: str) -> dict[str, float]:
+    """The train split's engine shares with `spec`'s changes, e.g. "espeak=0.28,piper=0.05".
+
+    Engines not named keep their default share; shares are relative (they need not sum to 1).
+    """
+    weights = engine_weights("train")
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        name, sep, value = item.partition("=")
+        if not sep or name.strip() not in weights:
+            raise ValueError(f"expected ENGINE=SHARE with ENGINE in {sorted(weights)}, got {item!r}")
+        try:
+            share = float(value)
+        except ValueError:
+            raise ValueError(f"{name.strip()}: share {value!r} is not a number") from None
+        if not 0.0 <= share < float("inf"):
+            raise ValueError(f"{name.strip()}: share must be >= 0, got {share}")
+        weights[name.strip()] = share
+    if not any(weights.values()):
+        raise ValueError("at least one engine needs a share > 0")
+    return weights
+
+
 def prepare_espeak_data(out_dir: Path, voices: list[Voice]) -> Path:
     """An espeak-ng `--path` folder: links to the system data plus the custom variant files."""
     root = out_dir / "espeak-ng-data"
