@@ -11,10 +11,13 @@ streaming.
 from __future__ import annotations
 
 import gzip
+import io
+import logging
 import os
 import tempfile
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -24,6 +27,8 @@ import torch
 from torch import Tensor
 
 from model_training.text import CharVocab
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -261,6 +266,23 @@ def arpa_words(path: str | os.PathLike) -> list[str]:
     return words
 
 
+@contextmanager
+def native_output_logged(what: str) -> Iterator[None]:
+    """Capture what C/C++ code writes to the process's stdout/stderr inside the block and log
+    it as one record: DEBUG when the block succeeds, WARNING when it raises."""
+    import wurlitzer
+
+    captured = io.StringIO()
+    failed = True
+    try:
+        with wurlitzer.pipes(stdout=captured, stderr=wurlitzer.STDOUT):
+            yield
+        failed = False
+    finally:
+        if text := " ".join(captured.getvalue().split()):
+            logger.log(logging.WARNING if failed else logging.DEBUG, "%s: %s", what, text)
+
+
 class LexiconLMDecoder:
     """CTC beam search constrained to a lexicon and scored by a word n-gram LM.
 
@@ -288,17 +310,20 @@ class LexiconLMDecoder:
             for word in words:
                 f.write(f"{word}\t{' '.join(word)} {sep}\n")
         try:
-            self._decoder = ctc_decoder(
-                lexicon=f.name,
-                tokens=list(vocab.tokens),
-                lm=str(lm_path),
-                beam_size=config.beam_size,
-                lm_weight=config.lm_weight,
-                word_score=config.word_score,
-                blank_token=vocab.tokens[vocab.blank_id],
-                sil_token=sep,
-                unk_word="<unk>",
-            )
+            # KenLM writes its ARPA progress bar to the C-level stderr: logged instead, so a
+            # service's log stream stays one JSON record per line
+            with native_output_logged(f"KenLM loading {lm_path}"):
+                self._decoder = ctc_decoder(
+                    lexicon=f.name,
+                    tokens=list(vocab.tokens),
+                    lm=str(lm_path),
+                    beam_size=config.beam_size,
+                    lm_weight=config.lm_weight,
+                    word_score=config.word_score,
+                    blank_token=vocab.tokens[vocab.blank_id],
+                    sil_token=sep,
+                    unk_word="<unk>",
+                )
         finally:
             os.unlink(f.name)
         self._lock = threading.Lock()

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -20,6 +22,7 @@ from model_training.decoding import (
     arpa_words,
     greedy_ctc_decode,
     make_decoder,
+    native_output_logged,
 )
 from model_training.ngram_lm import BOS, UNK, build_kneser_ney
 from model_training.testing import build_tiny_bundle
@@ -122,6 +125,33 @@ def test_lexicon_and_lm_correct_a_misspelled_word(tmp_path):
     assert decode(log_probs[:0]).text == ""
     with pytest.raises(ValueError, match="shape"):
         decode(log_probs[:, :5])
+
+
+def test_kenlm_progress_goes_to_the_log_not_to_stderr(tmp_path, capfd, caplog):
+    """KenLM prints its ARPA progress bar on the C-level stderr; a JSON-logging service must
+    get it as a log record instead of stray lines."""
+    vocab = CharVocab()
+    lm_path = build_kneser_ney(SENTENCES, 3).write_arpa(tmp_path / "lm.arpa.gz")
+    capfd.readouterr()
+    with caplog.at_level(logging.DEBUG, logger="model_training.decoding"):
+        LexiconLMDecoder(vocab, lm_path, 0.02, LMDecoderConfig(str(lm_path), 1.0, 0.0))
+    native = capfd.readouterr()
+    assert native.out == "" and native.err == ""
+    [record] = [r for r in caplog.records if "KenLM" in r.getMessage()]
+    assert record.levelno == logging.DEBUG and "Reading" in record.getMessage()
+
+
+def test_native_output_of_a_failing_block_is_logged_as_a_warning(capfd, caplog):
+    with (
+        caplog.at_level(logging.DEBUG),
+        pytest.raises(RuntimeError, match="bad"),
+        native_output_logged("loading"),
+    ):
+        os.write(2, b"native complaint\n")
+        raise RuntimeError("bad")
+    assert capfd.readouterr().err == ""
+    [record] = [r for r in caplog.records if "native complaint" in r.getMessage()]
+    assert record.levelno == logging.WARNING and record.getMessage().startswith("loading: ")
 
 
 def test_the_last_word_survives_emissions_without_a_closing_separator(tmp_path):
