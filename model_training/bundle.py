@@ -112,6 +112,12 @@ def _chmod_like_new_file(path: Path) -> None:
     path.chmod(0o666 & ~umask)
 
 
+def write_weights(bundle_dir: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """Write a bundle's model.safetensors (contiguous CPU tensors), readable like any new file."""
+    save_file(tensors, str(bundle_dir / WEIGHTS_FILE), metadata={"format": BUNDLE_FORMAT})
+    _chmod_like_new_file(bundle_dir / WEIGHTS_FILE)
+
+
 def save_bundle(
     out_dir: str | Path,
     upstream: nn.Module,
@@ -156,8 +162,7 @@ def save_bundle(
         k: v.detach().to("cpu", store if v.is_floating_point() else v.dtype).contiguous().clone()
         for k, v in tensors.items()
     }
-    save_file(tensors, str(out / WEIGHTS_FILE), metadata={"format": BUNDLE_FORMAT})
-    _chmod_like_new_file(out / WEIGHTS_FILE)
+    write_weights(out, tensors)
     config = {
         "format": BUNDLE_FORMAT,
         "format_version": BUNDLE_VERSION,

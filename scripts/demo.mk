@@ -240,9 +240,11 @@ DEFAULT_CANDIDATES ?= $(foreach i,$(FT_INITS),ft_$(i)_all) $(if $(filter dkd,$(F
 STREAMING_CANDIDATES ?= ft_causal_all
 EXPORT := $(PY) scripts/demo_export.py --runs $(OUT) --fp16-manifest $(M)/test_neural.tsv \
   --corpus-card $(DATA)/card.json
+# weights of a continuation (ft_dkd_all_shipped) against the bundle it continued, tried on dev
+INTERPOLATE_GRID ?= 0.3 0.4 0.5 0.6 0.7
 $(S)/export_default: $(DEFAULT_CANDIDATES:%=$(S)/eval_%) $(S)/lm
 	$(STAGE) $@ bash -c '$(TORCH1) $(EXPORT) --candidates "$(DEFAULT_CANDIDATES)" \
-	  --out $(OUT)/bundles/default --name hubert-lstm-demo && \
+	  --interpolate-grid "$(INTERPOLATE_GRID)" --out $(OUT)/bundles/default --name hubert-lstm-demo && \
 	  $(TORCH1) $(HL) lm attach --bundle $(OUT)/bundles/default --lm $(OUT)/lm/lm.arpa.gz \
 	    --tune-manifest $(DATA)/dev.tsv --beam-size $(LM_BEAM)'
 $(S)/export_streaming: $(STREAMING_CANDIDATES:%=$(S)/eval_%)

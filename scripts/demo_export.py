@@ -5,6 +5,11 @@ Picks, among `--candidates` (run folders under `--runs`, each scored by `hubert-
 into eval/RUN.dev.json), the lowest dev CER (`demo_pick.best_run`), writes the
 bundle with float16 weights (cast back at load; the WER/CER change is measured on the unseen
 neural voices and recorded) and fills the card from the evaluation files.
+
+With `--interpolate-grid`, a run that continued a shipped bundle is also tried as weight
+interpolations between that bundle and itself (`model_training/interpolation.py`): each weight
+of the grid is scored on dev (greedy), with 0 (the bundle as it was) and 1 (the run) as
+recorded, and the lowest dev (CER, WER) ships; an interpolation's card scores are measured anew.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +26,8 @@ from demo_pick import best_run
 
 from model_training.bundle import lineage_chain, load_bundle
 from model_training.data.manifest import read_manifest
+from model_training.interpolation import interpolate_bundles
+from model_training.training.evaluate import evaluate
 from model_training.training.export import export_run
 
 SPLITS = {
@@ -150,15 +158,20 @@ def main() -> None:
     )
     parser.add_argument("--fp16-manifest", type=Path, required=True)
     parser.add_argument("--corpus-card", type=Path, required=True)
+    parser.add_argument(
+        "--interpolate-grid",
+        default="",
+        help="weights of the run (0 < w < 1, space-separated) to try against the bundle it "
+        "continued; dev is the corpus card's dev.tsv",
+    )
     args = parser.parse_args()
 
     best = best_run(args.runs, args.candidates.split())
+    grid = [float(w) for w in args.interpolate_grid.split()]
+    base = continued_bundle(args.runs, best) if grid else None
     source = source_bundle_if_better(args.runs, best)
-    if source is not None:  # the continuation lost to what it continued: ship that again
-        if args.out.exists():
-            shutil.rmtree(args.out)
-        shutil.copytree(source, args.out)
-        print(f"kept {source}: its dev scores beat {best}, the best candidate that continued it")
+    if source is not None and base is None:  # the continuation lost to what it continued
+        keep_bundle(source, args.out, best)
         return
     provenance = export_run(
         args.runs / best,
@@ -168,13 +181,24 @@ def main() -> None:
         weights_dtype="float16",
         repeats=1,
     )
+    scores = {split: _eval(args.runs, best, split) for split in SPLITS}
+    if base is not None:
+        manifests = split_manifests(args.runs, args.corpus_card)
+        dev_cer = pick_interpolation(base, args.out, grid, manifests["dev"], scores["dev"])
+        weight = min(dev_cer, key=lambda w: dev_cer[w])
+        if weight == 0.0:
+            keep_bundle(base, args.out, best)
+            return
+        if weight < 1.0:
+            scores = interpolate_in_place(base, args.out, weight, manifests, args.runs, best)
+            record_grid(args.out, dev_cer)
     corpus = json.loads(args.corpus_card.read_text())
     settings = yaml.safe_load((args.runs / best / "config.yaml").read_text())
     trained = read_manifest(settings["train_manifest"]).hours
     init = best.split("_")[1] if best.startswith("ft_") else best
     rows = []
     for split, label in SPLITS.items():
-        ev = _eval(args.runs, best, split) or {}
+        ev = scores[split] or {}
         rows.append(
             f"| {label} | {ev.get('utterances', '-')} | {_pct(ev.get('wer'))} "
             f"| {_pct(ev.get('cer'))} |"
@@ -258,17 +282,104 @@ def source_bundle_if_better(runs: Path, run: str) -> Path | None:
 
     Both are scored on the same dev split (the corpus is regenerated from its seed), so a
     continuation that did not improve leaves the shipped model as it was."""
-    metrics = runs / run / "metrics.json"
-    upstream = json.loads(metrics.read_text()).get("upstream", {}) if metrics.is_file() else {}
-    if upstream.get("kind") != "bundle":
+    source = continued_bundle(runs, run)
+    if source is None:
         return None
-    source = Path(upstream["path"])
-    before = json.loads((source / "config.json").read_text()).get("provenance", {}).get("dev")
+    before = read_bundle_dev(source)
     after = _eval(runs, run, "dev")
-    if not before or before.get("cer") is None or not after:
+    if not before or not after:
         return None
     better = (before["cer"], before["wer"]) <= (after["cer"], after["wer"])
     return source if better else None
+
+
+def keep_bundle(source: Path, out: Path, run: str) -> None:
+    """Ship `source` again (it beat `run`, the best candidate that continued it, on dev)."""
+    if out.exists():
+        shutil.rmtree(out)
+    shutil.copytree(source, out)
+    print(f"kept {source}: its dev scores beat {run}, the best candidate that continued it")
+
+
+def continued_bundle(runs: Path, run: str) -> Path | None:
+    """The bundle `run` continued (its upstream, as in ft_dkd_all_shipped), or None."""
+    metrics = runs / run / "metrics.json"
+    upstream = json.loads(metrics.read_text()).get("upstream", {}) if metrics.is_file() else {}
+    return Path(upstream["path"]) if upstream.get("kind") == "bundle" else None
+
+
+def split_manifests(runs: Path, corpus_card: Path) -> dict[str, Path]:
+    """Each card split's manifest, as scripts/demo.mk lays them out."""
+    return {
+        split: corpus_card.parent / "dev.tsv"
+        if split == "dev"
+        else runs / "manifests" / f"{split}.tsv"
+        for split in SPLITS
+    }
+
+
+def _greedy(bundle: Path, manifest: Path) -> dict[str, Any]:
+    return evaluate(bundle, manifest, decoder="greedy")
+
+
+def pick_interpolation(
+    base: Path,
+    bundle: Path,
+    grid: list[float],
+    dev_manifest: Path,
+    run_dev: dict[str, Any] | None,
+) -> dict[float, tuple[float, float]]:
+    """Greedy dev (CER, WER) per weight of `bundle` (the run, exported) against `base` (what
+    it continued): 0 and 1 as recorded, each grid weight measured. The lowest one ships."""
+    scored: dict[float, tuple[float, float]] = {}
+    before = read_bundle_dev(base)
+    if before:
+        scored[0.0] = (before["cer"], before["wer"])
+    if run_dev:
+        scored[1.0] = (run_dev["cer"], run_dev["wer"])
+    with tempfile.TemporaryDirectory() as tmp:
+        for weight in grid:
+            mixed = interpolate_bundles(base, bundle, weight, Path(tmp) / f"w{weight}")
+            dev = _greedy(mixed, dev_manifest)
+            scored[weight] = (dev["cer"], dev["wer"])
+            print(f"interpolation weight {weight:g}: dev CER {100 * dev['cer']:.2f}")
+    return scored
+
+
+def record_grid(bundle: Path, scored: dict[float, tuple[float, float]]) -> None:
+    """Keep every weight's dev CER in the bundle's provenance (interpolation.grid_dev_cer)."""
+    config = json.loads((bundle / "config.json").read_text())
+    grid = {f"{w:g}": cer for w, (cer, _) in sorted(scored.items())}
+    config["provenance"]["interpolation"]["grid_dev_cer"] = grid
+    (bundle / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+
+def interpolate_in_place(
+    base: Path,
+    bundle: Path,
+    weight: float,
+    manifests: dict[str, Path],
+    runs: Path,
+    run: str,
+) -> dict[str, dict[str, Any]]:
+    """Replace `bundle`'s weights by the interpolation, score it on every split (greedy; kept
+    as eval/RUN.interpolated.SPLIT.json) and record its dev score as the bundle's own."""
+    interpolate_bundles(base, bundle, weight, bundle)
+    scores = {split: _greedy(bundle, manifest) for split, manifest in manifests.items()}
+    for split, result in scores.items():
+        (runs / "eval" / f"{run}.interpolated.{split}.json").write_text(
+            json.dumps(result, indent=2) + "\n"
+        )
+    config = json.loads((bundle / "config.json").read_text())
+    config["provenance"]["dev"] = {k: scores["dev"][k] for k in ("wer", "cer")}
+    (bundle / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    return scores
+
+
+def read_bundle_dev(bundle: Path) -> dict[str, Any] | None:
+    """A bundle's recorded dev scores (provenance "dev"), or None."""
+    dev = json.loads((bundle / "config.json").read_text()).get("provenance", {}).get("dev")
+    return dev if dev and dev.get("cer") is not None else None
 
 
 def _signed(x: float | None) -> str:

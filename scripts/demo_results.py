@@ -429,8 +429,9 @@ def decoding_rows(runs: Path) -> dict[str, Any] | None:
             scores[split] = {"wer": result["wer"], "cer": result["cer"], "rtf": result["rtf"]}
         rows.append({"decoder": what, **scores})
     config_path = runs / "bundles" / "default" / "config.json"
-    lm = json.loads(config_path.read_text()).get("decoder") if config_path.is_file() else None
-    return {"rows": rows, "lm": lm}
+    config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+    interpolation = (config.get("provenance") or {}).get("interpolation")
+    return {"rows": rows, "lm": config.get("decoder"), "interpolation": interpolation}
 
 
 def _decoding_section(decoding: dict[str, Any]) -> list[str]:
@@ -457,6 +458,16 @@ def _decoding_section(decoding: dict[str, Any]) -> list[str]:
     for row in decoding["rows"]:
         cells = " | ".join(f"{_pct(row[s]['wer'])} | {_pct(row[s]['cer'])}" for s in SPLITS)
         lines.append(f"| {row['decoder']} | {cells} |")
+    mix = decoding.get("interpolation")
+    if mix:
+        grid = ", ".join(f"{w}: {_pct(cer)}" for w, cer in (mix.get("grid_dev_cer") or {}).items())
+        lines += [
+            "",
+            f"Its weights are {1 - mix['weight']:.2f} x the bundle its run continued "
+            f"(`{mix['base']}`) + {mix['weight']:.2f} x the run's own, the weight picked on dev "
+            f"(`demo_export.py --interpolate-grid`; greedy dev CER % per weight of the run, 0 "
+            f"and 1 as recorded: {grid or '-'}).",
+        ]
     return lines
 
 

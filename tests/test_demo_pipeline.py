@@ -100,6 +100,17 @@ async def test_tiny_pipeline_into_a_temp_folder_then_serve_its_bundle(tmp_path: 
         assert provenance["continued_from"]["run"] == source["run"]
     else:
         assert provenance == source
+    # the same run tried on the line between it and what it continued (weight 0.5 on dev)
+    mixed = [*export[:-1], str(tmp_path / "mixed"), "--interpolate-grid", "0.5"]
+    proc = subprocess.run([*mixed, "--candidates", "ft_dkd_all_shipped"], cwd=ROOT)
+    assert proc.returncode == 0
+    provenance = json.loads((tmp_path / "mixed" / "config.json").read_text())["provenance"]
+    if "interpolation" in provenance:  # it beat both ends: its dev score is its own, measured
+        measured = json.loads(
+            (out / "eval" / "ft_dkd_all_shipped.interpolated.dev.json").read_text()
+        )
+        assert provenance["dev"]["cer"] == measured["cer"] < source["dev"]["cer"]
+        assert provenance["interpolation"]["weight"] == 0.5
 
     from tests.test_app_support import make_wav, wav_file
 

@@ -146,6 +146,13 @@ def test_decoding_section_compares_greedy_and_lm_on_every_split(results, tmp_pat
     assert "| greedy (best path, no LM) | 50.0 | 25.0 | 51.0 | 25.0 | 52.0 | 25.0 |" in text
     assert "| lexicon + word n-gram LM, beam search | 30.0 | 15.0 | 31.0 | 15.0 | 32.0 |" in text
     assert "3-gram" in text and "25-word vocabulary" in text
+    assert "Its weights are" not in text
+    mix = {"base": "models/default", "weight": 0.4, "grid_dev_cer": {"0": 0.155, "0.4": 0.151}}
+    config = {"decoder": lm, "provenance": {"interpolation": mix}}
+    (runs / "bundles" / "default" / "config.json").write_text(json.dumps(config))
+    text = "\n".join(results._decoding_section(results.decoding_rows(runs)))
+    assert "0.60 x the bundle its run continued (`models/default`) + 0.40 x" in text
+    assert "0: 15.5, 0.4: 15.1" in text
 
 
 def test_a_corpus_that_extends_the_train_stream_is_described_as_new_audio(
