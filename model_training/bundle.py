@@ -301,8 +301,10 @@ def attach_lm(
     section = _lm_card_section(config["decoder"])
     text = card.read_text() if card.is_file() else ""
     marker = "\n## Decoding\n"
-    if marker in text:
-        text = text[: text.index(marker)]
+    if marker in text:  # replace that section only: sections after it (e.g. interpolation) stay
+        start = text.index(marker)
+        end = text.find("\n## ", start + len(marker))
+        text = text[:start] + (text[end:] if end != -1 else "")
     card.write_text(text.rstrip("\n") + "\n" + section)
     return config["decoder"]
 

@@ -101,5 +101,6 @@ def _card_section(provenance: dict[str, Any]) -> str:
         f"The weights are {1 - spec['weight']:.2f} x those of the bundle this run continued "
         f"(`{spec['base']}`) + {spec['weight']:.2f} x the run's own (WiSE-FT-style: a point on "
         "the line between a model and its fine-tuned continuation; the weight was chosen on "
-        "dev). Figures measured when the run was exported (the float16 check) are the run's own.\n"
+        "dev). The Training and Evaluation sections describe the run before interpolation (its "
+        "dev score at selection, its float16 check); the scores at the top are this model's.\n"
     )

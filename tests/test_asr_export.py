@@ -303,3 +303,8 @@ def test_card_names_the_decoder_before_and_after_an_lm_is_attached(
     card = (bundle / "README.md").read_text()
     assert card.count("## Decoding") == 1 and "word n-gram LM" in card
     assert "no language model" not in card
+    # a section added after the greedy one (weight interpolation) survives a new LM
+    (bundle / "README.md").write_text(card + "\n## Weight interpolation\n\nMixed.\n")
+    attach_lm(bundle, lm, LMDecoderConfig(str(lm)))
+    card = (bundle / "README.md").read_text()
+    assert card.count("## Decoding") == 1 and "## Weight interpolation\n\nMixed." in card
