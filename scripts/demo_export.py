@@ -184,14 +184,13 @@ def main() -> None:
     scores = {split: _eval(args.runs, best, split) for split in SPLITS}
     if base is not None:
         manifests = split_manifests(args.runs, args.corpus_card)
-        dev_cer = pick_interpolation(base, args.out, grid, manifests["dev"], scores["dev"])
-        weight = min(dev_cer, key=lambda w: dev_cer[w])
+        scored = score_interpolations(base, args.out, grid, manifests["dev"], scores["dev"])
+        weight = min(scored, key=lambda w: scored[w])
         if weight == 0.0:
             keep_bundle(base, args.out, best)
             return
         if weight < 1.0:
-            scores = interpolate_in_place(base, args.out, weight, manifests, args.runs, best)
-            record_grid(args.out, dev_cer)
+            scores = interpolate_in_place(base, args.out, scored, manifests, args.runs, best)
     corpus = json.loads(args.corpus_card.read_text())
     settings = yaml.safe_load((args.runs / best / "config.yaml").read_text())
     trained = read_manifest(settings["train_manifest"]).hours
@@ -322,7 +321,7 @@ def _greedy(bundle: Path, manifest: Path) -> dict[str, Any]:
     return evaluate(bundle, manifest, decoder="greedy")
 
 
-def pick_interpolation(
+def score_interpolations(
     base: Path,
     bundle: Path,
     grid: list[float],
@@ -346,24 +345,18 @@ def pick_interpolation(
     return scored
 
 
-def record_grid(bundle: Path, scored: dict[float, tuple[float, float]]) -> None:
-    """Keep every weight's dev CER in the bundle's provenance (interpolation.grid_dev_cer)."""
-    config = json.loads((bundle / "config.json").read_text())
-    grid = {f"{w:g}": cer for w, (cer, _) in sorted(scored.items())}
-    config["provenance"]["interpolation"]["grid_dev_cer"] = grid
-    (bundle / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-
-
 def interpolate_in_place(
     base: Path,
     bundle: Path,
-    weight: float,
+    scored: dict[float, tuple[float, float]],
     manifests: dict[str, Path],
     runs: Path,
     run: str,
 ) -> dict[str, dict[str, Any]]:
-    """Replace `bundle`'s weights by the interpolation, score it on every split (greedy; kept
-    as eval/RUN.interpolated.SPLIT.json) and record its dev score as the bundle's own."""
+    """Replace `bundle`'s weights by the interpolation at the best weight of `scored`, score it
+    on every split (greedy; kept as eval/RUN.interpolated.SPLIT.json) and record its dev score
+    as the bundle's own, with every weight's dev CER (interpolation.grid_dev_cer)."""
+    weight = min(scored, key=lambda w: scored[w])
     interpolate_bundles(base, bundle, weight, bundle)
     scores = {split: _greedy(bundle, manifest) for split, manifest in manifests.items()}
     for split, result in scores.items():
@@ -372,6 +365,8 @@ def interpolate_in_place(
         )
     config = json.loads((bundle / "config.json").read_text())
     config["provenance"]["dev"] = {k: scores["dev"][k] for k in ("wer", "cer")}
+    grid = {f"{w:g}": cer for w, (cer, _) in sorted(scored.items())}
+    config["provenance"]["interpolation"]["grid_dev_cer"] = grid
     (bundle / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     return scores
 

@@ -106,7 +106,7 @@ def test_export_picks_the_interpolation_weight_with_the_lowest_dev_cer(
     base = build_tiny_bundle(tmp_path / "base", seed=0)
     run = build_tiny_bundle(tmp_path / "run", seed=1)
     _with_dev(base, base_cer)
-    scored = demo_export.pick_interpolation(
+    scored = demo_export.score_interpolations(
         base, run, [0.2, 0.4, 0.6], tmp_path / "dev.tsv", {"cer": run_cer, "wer": 0.5}
     )
     assert set(scored) == {0.0, 0.2, 0.4, 0.6, 1.0}
