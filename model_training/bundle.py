@@ -189,9 +189,11 @@ WEIGHTS_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
 
 def bundle_lineage(upstream_ref: dict[str, Any]) -> dict[str, Any] | None:
-    """Where a run that continues a bundle comes from: that bundle's run, step, dev scores and
-    its own `continued_from`, so the chain of continuations survives in each new bundle's
-    provenance. None unless `upstream_ref` (a fine-tuning run's upstream) is a bundle."""
+    """Where a run that continues a bundle comes from: that bundle's run, step, dev scores, the
+    interpolation weight if its weights were w x that run's + (1 - w) x the bundle it continued
+    (else None), and its own `continued_from`, so the chain of continuations survives in each
+    new bundle's provenance. None unless `upstream_ref` (a fine-tuning run's upstream) is a
+    bundle."""
     if upstream_ref.get("kind") != "bundle" or not upstream_ref.get("path"):
         return None
     source = read_bundle_config(upstream_ref["path"]).get("provenance", {})
@@ -200,8 +202,18 @@ def bundle_lineage(upstream_ref: dict[str, Any]) -> dict[str, Any] | None:
         "run": source.get("run"),
         "step": source.get("step"),
         "dev": source.get("dev"),
+        "interpolation_weight": (source.get("interpolation") or {}).get("weight"),
         "continued_from": source.get("continued_from"),
     }
+
+
+def interpolated_phrase(link: dict[str, Any]) -> str:
+    """ ", w x that run + (1 - w) x the bundle it continued" for a lineage link whose bundle was
+    a weight interpolation (see model_training.interpolation), else ""."""
+    weight = link.get("interpolation_weight")
+    if weight is None:
+        return ""
+    return f", weights {weight:.2f} x that run + {1 - weight:.2f} x the bundle it continued"
 
 
 def lineage_chain(provenance: dict[str, Any]) -> list[dict[str, Any]]:

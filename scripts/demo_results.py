@@ -18,6 +18,7 @@ from typing import Any
 import torch
 import yaml
 
+from model_training.bundle import bundle_lineage, interpolated_phrase
 from model_training.data.manifest import Manifest, read_manifest
 from model_training.data.synth import utterance_index
 from model_training.training.evaluate import load_recognizer
@@ -123,15 +124,15 @@ def size_value(sizes: str, name: str) -> int:
 
 def continued_what(source: Path, lineage: dict[str, Any] | None) -> str:
     """A continued run's source: the run's name, or for a bundle "the bundle models/default
-    (from run R, step N)", from the lineage the run recorded when it started (the bundle may
+    (from run R, step N)", with the weights if that bundle was an interpolation, from the
+    lineage the run recorded when it started (the bundle may
     have been replaced since), else from the bundle's provenance now."""
-    config = source / "config.json"
-    if not lineage and not config.is_file():
+    if not lineage and not (source / "config.json").is_file():
         return source.name
-    if not lineage:
-        lineage = json.loads(config.read_text()).get("provenance") or {}
+    lineage = lineage or bundle_lineage({"kind": "bundle", "path": str(source)}) or {}
     run = Path(str(lineage.get("run"))).name
-    return f"the bundle {source} (from {run}, step {lineage.get('step')})"
+    step = f"step {lineage.get('step')}{interpolated_phrase(lineage)}"
+    return f"the bundle {source} (from {run}, {step})"
 
 
 def teacher_accuracy(runs: Path) -> list[dict[str, Any]]:

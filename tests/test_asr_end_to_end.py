@@ -223,8 +223,9 @@ def test_end_to_end_refuses_upstreams_without_trainable_weights(data, tmp_path) 
 
 def test_continued_bundles_keep_their_lineage(data, tmp_path, monkeypatch) -> None:
     """A run that continues a bundle (its upstream and head) exports a bundle whose provenance
-    and card name the bundle, run and step it came from, through two continuations, as they
-    were when the run started."""
+    and card name the bundle, run and step it came from (and its weights when that bundle was
+    an interpolation), through two continuations, as they were when the run started."""
+    from model_training.interpolation import interpolate_bundles
     from model_training.training.export import export_run
 
     run(_config(data, tmp_path / "r0", dev=True, end_to_end=True))
@@ -247,13 +248,17 @@ def test_continued_bundles_keep_their_lineage(data, tmp_path, monkeypatch) -> No
             config["provenance"] = {"run": "a later run"}
             (src / "config.json").write_text(json.dumps(config))
         export_run(tmp_path / f"r{i}", tmp_path / f"b{i}")
+        if i == 1:  # b1 becomes a weight interpolation: 0.7 x b0 + 0.3 x r1's own weights
+            interpolate_bundles(tmp_path / "b0", tmp_path / "b1", 0.3, tmp_path / "b1")
     link = read_bundle_config(tmp_path / "b2")["provenance"]["continued_from"]
     assert link["bundle"] == str(tmp_path / "b1")
     assert link["run"] == str((tmp_path / "r1").resolve()) and link["step"] is not None
     assert link["continued_from"]["run"] == str((tmp_path / "r0").resolve())
     assert link["continued_from"]["continued_from"] is None
+    assert link["interpolation_weight"] == 0.3
+    assert link["continued_from"]["interpolation_weight"] is None
     card = (tmp_path / "b2" / "README.md").read_text()
-    assert f"run `{(tmp_path / 'r1').resolve()}`" in card
+    assert f"run `{(tmp_path / 'r1').resolve()}` (step {link['step']}, weights 0.30 x" in card
     assert f"run `{(tmp_path / 'r0').resolve()}`" in card
     # exported from the folder that holds the runs, the card shows no machine's absolute paths
     monkeypatch.chdir(tmp_path)

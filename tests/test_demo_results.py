@@ -205,3 +205,22 @@ def test_a_longer_run_names_its_steps_and_speed_perturbation(results, tmp_path: 
     assert perturbed == (
         "random init (no distillation), all 1.0 h, 8000 steps, speed perturbation x0.9/1/1.1"
     )
+
+
+def test_a_continued_interpolated_bundle_is_named_with_its_weights(results, tmp_path: Path) -> None:
+    """A run that continued a bundle names that bundle's run and step, and, when the bundle was
+    a weight interpolation, the weights: from the lineage the run recorded, else the bundle."""
+    bundle = tmp_path / "default"
+    bundle.mkdir()
+    provenance = {"run": "/x/ft_b", "step": 5500, "interpolation": {"weight": 0.4}}
+    from model_training.bundle import BUNDLE_FORMAT, BUNDLE_VERSION
+
+    config = {"format": BUNDLE_FORMAT, "format_version": BUNDLE_VERSION, "provenance": provenance}
+    (bundle / "config.json").write_text(json.dumps(config))
+    expected = (
+        f"the bundle {bundle} (from ft_b, step 5500, "
+        "weights 0.40 x that run + 0.60 x the bundle it continued)"
+    )
+    assert results.continued_what(bundle, None) == expected
+    recorded = {"run": "/y/ft_a", "step": 7000, "interpolation_weight": None}
+    assert results.continued_what(bundle, recorded) == f"the bundle {bundle} (from ft_a, step 7000)"

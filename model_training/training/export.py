@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from model_training.bundle import (
     bundle_lineage,
+    interpolated_phrase,
     lineage_chain,
     load_bundle,
     quantize_dynamic_int8,
@@ -399,7 +400,7 @@ def lineage_lines(provenance: dict[str, Any]) -> list[str]:
         lines.append(
             f"- continued from bundle `{link['bundle']}`: "
             f"run `{link.get('run')}` "
-            f"(step {link.get('step')}{cer})"
+            f"(step {link.get('step')}{interpolated_phrase(link)}{cer})"
         )
     return lines
 
