@@ -208,8 +208,8 @@ def bundle_lineage(upstream_ref: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def interpolated_phrase(link: dict[str, Any]) -> str:
-    """ ", w x that run + (1 - w) x the bundle it continued" for a lineage link whose bundle was
-    a weight interpolation (see model_training.interpolation), else ""."""
+    """The suffix ", weights w x that run + (1 - w) x the bundle it continued" for a lineage
+    link whose bundle was a weight interpolation (model_training.interpolation), else ""."""
     weight = link.get("interpolation_weight")
     if weight is None:
         return ""

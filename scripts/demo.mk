@@ -38,6 +38,9 @@ TRAIN_START ?= 0
 # SYNTH_ENGINE_WEIGHTS: the train split's engine shares changed, e.g. espeak=0.28,piper=0.05
 # (`data synth --engine-weights`; dev and test_unseen keep theirs)
 SYNTH_ENGINE_WEIGHTS ?=
+# SYNTH_VOICE_WEIGHTS: voice-id globs -> relative weight within their engine, train split only,
+# e.g. espeak:en-us*=3 (`data synth --voice-weights`)
+SYNTH_VOICE_WEIGHTS ?=
 SYNTH_WORKERS ?= 2
 # FT_EXTRA_TRAIN: train manifests of earlier corpora of the same stream (TRAIN_START), appended
 # to ft_all so that a continuation on new audio keeps hearing the old
@@ -111,7 +114,8 @@ $(S)/synth:
 	$(STAGE) $@ $(HL) data synth --out $(DATA) --hours $(HOURS) --seed $(SEED) \
 	  --workers $(SYNTH_WORKERS) --no-progress $(if $(DEV_HOURS),--dev-hours $(DEV_HOURS)) \
 	  $(if $(TEST_HOURS),--test-hours $(TEST_HOURS)) --train-start $(TRAIN_START) \
-	  $(if $(SYNTH_ENGINE_WEIGHTS),--engine-weights $(SYNTH_ENGINE_WEIGHTS))
+	  $(if $(SYNTH_ENGINE_WEIGHTS),--engine-weights $(SYNTH_ENGINE_WEIGHTS)) \
+	  $(if $(SYNTH_VOICE_WEIGHTS),--voice-weights '$(SYNTH_VOICE_WEIGHTS)')
 
 $(S)/manifests: $(S)/synth
 	$(STAGE) $@ bash -c '\

@@ -124,9 +124,10 @@ def size_value(sizes: str, name: str) -> int:
 
 def continued_what(source: Path, lineage: dict[str, Any] | None) -> str:
     """A continued run's source: the run's name, or for a bundle "the bundle models/default
-    (from run R, step N)", with the weights if that bundle was an interpolation, from the
-    lineage the run recorded when it started (the bundle may
-    have been replaced since), else from the bundle's provenance now."""
+    (from run R, step N)", with the weights if that bundle was an interpolation.
+
+    Read from the lineage the run recorded when it started (the bundle may have been replaced
+    since), else from the bundle's provenance now."""
     if not lineage and not (source / "config.json").is_file():
         return source.name
     lineage = lineage or bundle_lineage({"kind": "bundle", "path": str(source)}) or {}

@@ -22,6 +22,7 @@ from model_training.data.voices import (
     build_voices,
     engine_weights,
     parse_engine_weights,
+    parse_voice_weights,
     reserved_voices,
 )
 from model_training.text import normalize_text
@@ -175,6 +176,39 @@ def test_parse_engine_weights_changes_named_engines_and_refuses_bad_specs() -> N
                 "kokoro=0,piper=0,espeak=0,festival=0,flite=0"):  # fmt: skip
         with pytest.raises(ValueError):
             parse_engine_weights(bad)
+
+
+def test_voice_weights_shift_voices_within_an_engine_and_nothing_else() -> None:
+    texts = split_sentences(_sentences(), 5)["train"]
+    voices = _voices()["train"]
+
+    def plan(spec: str | None) -> list:
+        weights = parse_voice_weights(spec) if spec else None
+        stream = plan_split("train", 5, voices, texts, 0.5, voice_weights=weights)
+        return [next(stream) for _ in range(400)]
+
+    plain, favoured, banned = plan(None), plan("espeak:en-us*=9"), plan("espeak:en-us*=0")
+
+    def us_share(specs: list) -> float:
+        espeak = [s.voice.id for s in specs if s.voice.engine == "espeak"]
+        return sum(v.startswith("espeak:en-us") for v in espeak) / len(espeak)
+
+    assert 0.3 < us_share(plain) < 0.7 and us_share(favoured) > 0.8 and us_share(banned) == 0
+    for specs in (favoured, banned):  # engines, sentences and augmentation draws unchanged
+        assert [s.voice.engine for s in specs] == [s.voice.engine for s in plain]
+        assert [(s.text, s.speed, s.effects, s.seed) for s in specs] == [
+            (s.text, s.speed, s.effects, s.seed) for s in plain
+        ]
+
+
+def test_parse_voice_weights_reads_globs_and_refuses_bad_specs() -> None:
+    assert parse_voice_weights("espeak:en-us*=3, kokoro:af_*=0.5") == {
+        "espeak:en-us*": 3.0,
+        "kokoro:af_*": 0.5,
+    }
+    for bad in ("espeak:en-us", "=2", "espeak:*=x", "espeak:*=-1", "espeak:*=inf"):
+        with pytest.raises(ValueError):
+            parse_voice_weights(bad)
 
 
 def test_default_voice_sets_are_disjoint_and_keep_reserved_voices_out() -> None:

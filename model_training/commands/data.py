@@ -47,15 +47,25 @@ def synth(
         help="Train split only: change engines' relative shares of utterances, e.g. "
         "'espeak=0.28,piper=0.05' (others keep their default; dev and test_unseen unchanged).",
     ),
+    voice_weights: str | None = typer.Option(
+        None,
+        "--voice-weights",
+        help="Train split only: voice-id globs -> relative weight within their engine, e.g. "
+        "'espeak:en-us*=3' (unmatched voices weigh 1; the other draws of the stream unchanged).",
+    ),
 ) -> None:
     """Synthesize an English corpus: Kokoro, Piper, espeak-ng, festival, flite (resumable)."""
     from model_training.data.synth import SynthConfig, synthesize_corpus
-    from model_training.data.voices import parse_engine_weights
+    from model_training.data.voices import parse_engine_weights, parse_voice_weights
 
     try:
         train_weights = parse_engine_weights(engine_weights) if engine_weights else None
     except ValueError as e:
         raise typer.BadParameter(str(e), param_hint="--engine-weights") from None
+    try:
+        train_voice_weights = parse_voice_weights(voice_weights) if voice_weights else None
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--voice-weights") from None
     config = SynthConfig(
         out_dir=out,
         hours=hours,
@@ -70,6 +80,7 @@ def synth(
         kokoro_voices_tgz=kokoro_voices_tgz,
         train_start=train_start,
         train_engine_weights=train_weights,
+        train_voice_weights=train_voice_weights,
     )
     card = synthesize_corpus(config)
     summary = {s: {k: v[k] for k in ("utterances", "hours")} for s, v in card["splits"].items()}

@@ -44,6 +44,7 @@ from model_training.data.voices import (
     build_voices,
     engine_weights,
     prepare_espeak_data,
+    voice_weight,
 )
 
 logger = logging.getLogger(__name__)
@@ -134,10 +135,13 @@ def plan_split(
     sentences: dict[str, list[Sentence]],
     aug_fraction: float,
     weights: dict[str, float] | None = None,
+    voice_weights: dict[str, float] | None = None,
 ) -> Iterator[UttSpec]:
     """The split's utterances in order (endless; sentences are reused only when exhausted).
 
     `weights`: relative share of utterances per engine (default `engine_weights(split)`).
+    `voice_weights`: voice-id globs -> relative weight within the engine (`parse_voice_weights`;
+    default: voices of an engine are equally likely).
     """
     weights = engine_weights(split) if weights is None else weights
     by_engine = {e: [v for v in voices if v.engine == e] for e in weights}
@@ -151,6 +155,11 @@ def plan_split(
         rng = random.Random(f"{seed}-{split}-{k}")
         engine = rng.choices(engines, [weights[e] for e in engines])[0]
         voice = rng.choice(by_engine[engine])
+        if voice_weights:  # own generator: the stream's other draws stay as without weights
+            pool = by_engine[engine]
+            voice = random.Random(f"{seed}-{split}-{k}-voice").choices(
+                pool, [voice_weight(v, voice_weights) for v in pool]
+            )[0]
         source = rng.choices(sources, [SOURCE_WEIGHTS[s] for s in sources])[0]
         pool = sentences[source]
         if used[source] == len(pool):
@@ -322,6 +331,8 @@ class SynthConfig:
     # relative engine shares for the train split only (dev and test_unseen keep theirs, so
     # evaluations stay comparable across corpora); None: `engine_weights("train")`
     train_engine_weights: dict[str, float] | None = None
+    # voice-id globs -> relative weight within the engine, train split only (`parse_voice_weights`)
+    train_voice_weights: dict[str, float] | None = None
 
     def split_weights(self, split: str) -> dict[str, float]:
         if split == "train" and self.train_engine_weights is not None:
@@ -372,6 +383,7 @@ def synthesize_corpus(
             plan = plan_split(
                 split, config.seed, voices[split], texts[split], config.aug_fraction,
                 config.split_weights(split),
+                config.train_voice_weights if split == "train" else None,
             )  # fmt: skip
             if split == "train":  # the skipped specs still advance the sentence pools
                 for _ in range(config.train_start):
@@ -445,6 +457,7 @@ def _card(config, done, voices, sentences, texts) -> dict:
         "aug_fraction": config.aug_fraction,
         "train_start": config.train_start,
         "engine_weights": {s: config.split_weights(s) for s in SPLITS},
+        "train_voice_weights": config.train_voice_weights or {},
         "splits": splits,
         "engines": {
             "espeak": "espeak-ng (GPL-3+), accents x variants + random custom variants",

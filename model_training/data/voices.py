@@ -15,6 +15,7 @@ reserved too but is not in Debian main, so it is not installed or used here.
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import random
 import shutil
@@ -241,6 +242,32 @@ def parse_engine_weights(spec: str) -> dict[str, float]:
     if not any(weights.values()):
         raise ValueError("at least one engine needs a share > 0")
     return weights
+
+
+def parse_voice_weights(spec: str) -> dict[str, float]:
+    """Voice-id glob -> relative weight within its engine, e.g. "espeak:en-us*=3".
+
+    A voice matching no glob weighs 1; one matching several takes the last match.
+    """
+    weights: dict[str, float] = {}
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        pattern, sep, value = item.rpartition("=")
+        if not sep or not pattern.strip():
+            raise ValueError(f"expected VOICE_GLOB=WEIGHT, got {item!r}")
+        try:
+            weight = float(value)
+        except ValueError:
+            raise ValueError(f"{pattern.strip()}: weight {value!r} is not a number") from None
+        if not 0.0 <= weight < float("inf"):
+            raise ValueError(f"{pattern.strip()}: weight must be >= 0, got {weight}")
+        weights[pattern.strip()] = weight
+    return weights
+
+
+def voice_weight(voice: Voice, weights: dict[str, float]) -> float:
+    """`voice`'s relative weight under `parse_voice_weights` globs (1 when none matches)."""
+    matched = [w for pattern, w in weights.items() if fnmatch.fnmatchcase(voice.id, pattern)]
+    return matched[-1] if matched else 1.0
 
 
 def prepare_espeak_data(out_dir: Path, voices: list[Voice]) -> Path:
