@@ -24,6 +24,7 @@ from model_training.data.voices import (
     parse_engine_weights,
     parse_voice_weights,
     reserved_voices,
+    voice_weight,
 )
 from model_training.text import normalize_text
 
@@ -206,6 +207,9 @@ def test_parse_voice_weights_reads_globs_and_refuses_bad_specs() -> None:
         "espeak:en-us*": 3.0,
         "kokoro:af_*": 0.5,
     }
+    voice = Voice("espeak:en-us+m3", "espeak", "en-us+m3")
+    assert voice_weight(voice, parse_voice_weights("espeak:*=2,espeak:en-us*=5,espeak:*=7")) == 7
+    assert voice_weight(voice, parse_voice_weights("kokoro:*=2")) == 1
     for bad in ("espeak:en-us", "=2", "espeak:*=x", "espeak:*=-1", "espeak:*=inf"):
         with pytest.raises(ValueError):
             parse_voice_weights(bad)

@@ -87,7 +87,9 @@ def assemble_kokoro_model(cache_dir: Path) -> Path:
         try:
             parts.append(resources.files(package).joinpath("part.bin"))
         except ModuleNotFoundError as e:
-            raise RuntimeError(f"Kokoro model part {package!r} is not installed: {_INSTALL_HINT}") from e
+            raise RuntimeError(
+                f"Kokoro model part {package!r} is not installed: {_INSTALL_HINT}"
+            ) from e
 
     def write(f) -> None:
         for part in parts:

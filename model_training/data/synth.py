@@ -81,7 +81,7 @@ class UttSpec:
 
 
 def utterance_path(split: str, index: int) -> str:
-    """Where utterance `index` of `split` lives in the corpus, e.g. "train/003/train-003811.flac"."""
+    """Where utterance `index` of `split` lives, e.g. "train/003/train-003811.flac"."""
     return f"{split}/{index // 1000:03d}/{split}-{index:06d}.flac"
 
 
@@ -180,8 +180,8 @@ def plan_split(
             effects, snr, noise = _augmentation(rng, aug_fraction)
         gain = round(rng.uniform(0.3, 0.95), 3)
         yield UttSpec(
-            split, k, utterance_path(split, k), voice, sentence.spoken, sentence.text, source, speed, pitch,
-            effects, gain, snr, noise, rng.randrange(2**32),
+            split, k, utterance_path(split, k), voice, sentence.spoken, sentence.text, source,
+            speed, pitch, effects, gain, snr, noise, rng.randrange(2**32),
         )  # fmt: skip
         k += 1
 

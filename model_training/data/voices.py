@@ -6,10 +6,10 @@ that split; Piper's joe (a VITS voice trained on one real speaker) at several no
 Kokoro af_sarah, am_adam, bf_isabella and bm_lewis are reserved for the project's external
 evaluation and appear nowhere; KOKORO_TEST_UNSEEN are this corpus's own unseen neural voices.
 
-Classic engines from Debian main: espeak-ng (accents x variants, plus random custom variants with their
-own pitch and formants), festival (kal and ked diphone voices; HTS slt is reserved), flite
-(kal16; awb, rms and slt are reserved). Reserved voices stand for unseen speakers: they are
-never used for training or model selection, only in the `test_unseen` split. SVOX pico is
+Classic engines from Debian main: espeak-ng (accents x variants, plus random custom variants
+with their own pitch and formants), festival (kal and ked diphone voices; HTS slt is reserved),
+flite (kal16; awb, rms and slt are reserved). Reserved voices stand for unseen speakers: they
+are never used for training or model selection, only in the `test_unseen` split. SVOX pico is
 reserved too but is not in Debian main, so it is not installed or used here.
 """
 
@@ -36,12 +36,25 @@ ESPEAK_ACCENTS = (
 )
 RESERVED_VOICES = ("flite:awb", "flite:rms", "flite:slt", "festival:cmu_us_slt_arctic_hts", "pico")
 # Kokoro's English voices in kokoro-js@1.2.1 (a = US, b = UK English; f/m).
-KOKORO_ENGLISH = (
-    *(f"af_{n}" for n in "alloy aoede bella heart jessica kore nicole nova river sarah sky".split()),
-    *(f"am_{n}" for n in "adam echo eric fenrir liam michael onyx puck santa".split()),
-    *(f"bf_{n}" for n in "alice emma isabella lily".split()),
-    *(f"bm_{n}" for n in "daniel fable george lewis".split()),
-)
+_KOKORO_NAMES = {
+    "af": (
+        "alloy",
+        "aoede",
+        "bella",
+        "heart",
+        "jessica",
+        "kore",
+        "nicole",
+        "nova",
+        "river",
+        "sarah",
+        "sky",
+    ),
+    "am": ("adam", "echo", "eric", "fenrir", "liam", "michael", "onyx", "puck", "santa"),
+    "bf": ("alice", "emma", "isabella", "lily"),
+    "bm": ("daniel", "fable", "george", "lewis"),
+}
+KOKORO_ENGLISH = tuple(f"{p}_{n}" for p, names in _KOKORO_NAMES.items() for n in names)
 KOKORO_RESERVED = ("af_sarah", "am_adam", "bf_isabella", "bm_lewis")  # external evaluation only
 KOKORO_TEST_UNSEEN = ("af_nicole", "am_michael", "bf_emma", "bm_george")
 KOKORO_DEV = ("af_kore", "am_eric", "bf_lily", "bm_daniel")
@@ -222,23 +235,33 @@ def engine_weights(split: str) -> dict[str, float]:
     return {"kokoro": 0.42, "piper": 0.13, "espeak": 0.22, "festival": 0.14, "flite": 0.09}
 
 
+def _named_numbers(spec: str, form: str) -> list[tuple[str, float]]:
+    """`spec`'s comma-separated "NAME=NUMBER" items in order (NUMBER finite and >= 0)."""
+    out = []
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        name, sep, value = (x.strip() for x in item.rpartition("="))
+        if not sep or not name:
+            raise ValueError(f"expected {form}, got {item!r}")
+        try:
+            number = float(value)
+        except ValueError:
+            raise ValueError(f"{name}: {value!r} is not a number") from None
+        if not 0.0 <= number < float("inf"):
+            raise ValueError(f"{name}: expected a finite number >= 0, got {number}")
+        out.append((name, number))
+    return out
+
+
 def parse_engine_weights(spec: str) -> dict[str, float]:
     """The train split's engine shares with `spec`'s changes, e.g. "espeak=0.28,piper=0.05".
 
     Engines not named keep their default share; shares are relative (they need not sum to 1).
     """
     weights = engine_weights("train")
-    for item in filter(None, (part.strip() for part in spec.split(","))):
-        name, sep, value = item.partition("=")
-        if not sep or name.strip() not in weights:
-            raise ValueError(f"expected ENGINE=SHARE with ENGINE in {sorted(weights)}, got {item!r}")
-        try:
-            share = float(value)
-        except ValueError:
-            raise ValueError(f"{name.strip()}: share {value!r} is not a number") from None
-        if not 0.0 <= share < float("inf"):
-            raise ValueError(f"{name.strip()}: share must be >= 0, got {share}")
-        weights[name.strip()] = share
+    for name, share in _named_numbers(spec, "ENGINE=SHARE"):
+        if name not in weights:
+            raise ValueError(f"{name}: not an engine, expected one of {sorted(weights)}")
+        weights[name] = share
     if not any(weights.values()):
         raise ValueError("at least one engine needs a share > 0")
     return weights
@@ -247,20 +270,12 @@ def parse_engine_weights(spec: str) -> dict[str, float]:
 def parse_voice_weights(spec: str) -> dict[str, float]:
     """Voice-id glob -> relative weight within its engine, e.g. "espeak:en-us*=3".
 
-    A voice matching no glob weighs 1; one matching several takes the last match.
+    A voice matching no glob weighs 1; one matching several takes the glob named last.
     """
     weights: dict[str, float] = {}
-    for item in filter(None, (part.strip() for part in spec.split(","))):
-        pattern, sep, value = item.rpartition("=")
-        if not sep or not pattern.strip():
-            raise ValueError(f"expected VOICE_GLOB=WEIGHT, got {item!r}")
-        try:
-            weight = float(value)
-        except ValueError:
-            raise ValueError(f"{pattern.strip()}: weight {value!r} is not a number") from None
-        if not 0.0 <= weight < float("inf"):
-            raise ValueError(f"{pattern.strip()}: weight must be >= 0, got {weight}")
-        weights[pattern.strip()] = weight
+    for pattern, weight in _named_numbers(spec, "VOICE_GLOB=WEIGHT"):
+        weights.pop(pattern, None)  # keeps the dict in the order globs were last named
+        weights[pattern] = weight
     return weights
 
 
