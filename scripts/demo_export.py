@@ -228,6 +228,21 @@ def main() -> None:
     print(f"exported {best} to {args.out} ({size / 1e6:.1f} MB)")
 
 
+def synth_weight_options(corpus: dict[str, Any]) -> str:
+    """ " --engine-weights ... --voice-weights '...'" as the corpus card recorded them: engines
+    whose train share differs from the default, and the voice globs ("" for neither)."""
+    from model_training.data.voices import engine_weights
+
+    default = engine_weights("train")
+    train = (corpus.get("engine_weights") or {}).get("train") or default
+    changed = [f"{e}={w:g}" for e, w in train.items() if default.get(e) != w]
+    voices = corpus.get("train_voice_weights") or {}
+    out = f" --engine-weights {','.join(changed)}" if changed else ""
+    if voices:
+        out += " --voice-weights '" + ",".join(f"{g}={w:g}" for g, w in voices.items()) + "'"
+    return out
+
+
 def corpus_sentences(corpus: dict[str, Any], trained_hours: float | None = None) -> dict[str, str]:
     """The card's words for the corpus of the last run (`corpus_size`, `corpus_origin`), from
     its card.json. A corpus synthesized with `--train-start N` holds only *new* training audio:
@@ -237,7 +252,8 @@ def corpus_sentences(corpus: dict[str, Any], trained_hours: float | None = None)
     hours = float(corpus["splits"]["train"]["hours"])
     seed, start = corpus.get("seed", 0), int(corpus.get("train_start") or 0)
     command = f"`hubert-lstm data synth --hours {hours:g} --seed {seed}"
-    command += f" --train-start {start}`" if start else "`"
+    command += f" --train-start {start}" if start else ""
+    command += synth_weight_options(corpus) + "`"
     if not start:
         return {
             "corpus_size": f"a ~{hours:.3g}-hour **synthetic** English corpus",

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from model_training.data.voices import engine_weights
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -104,3 +106,15 @@ def test_a_corpus_that_extends_the_train_stream_is_described_as_new_audio(
     both = corpus_sentences({**corpus, "train_start": 3811, "splits": {"train": {"hours": 3}}}, 6.0)
     assert "~3 h of new training audio and ~3 h it had heard before" in both["corpus_size"]
     assert "together with 3 h of those earlier utterances" in both["corpus_origin"]
+    # the train split's engine and voice weights are part of the command that made it
+    train = {**engine_weights("train"), "espeak": 0.35, "piper": 0.07}
+    weighted = {
+        **corpus,
+        "train_start": 3811,
+        "engine_weights": {"train": train, "dev": engine_weights("dev")},
+        "train_voice_weights": {"espeak:en-us*": 3.0},
+    }
+    assert (
+        "--train-start 3811 --engine-weights piper=0.07,espeak=0.35 "
+        "--voice-weights 'espeak:en-us*=3'`"
+    ) in corpus_sentences(weighted)["corpus_origin"]
