@@ -1,6 +1,7 @@
 """Export a fine-tuning run to a bundle (fp32 and int8), evaluate it, and the ASR CLI."""
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from model_training.training.evaluate import (
     load_recognizer,
     load_upstream,
     save_head,
+    score,
 )
 from model_training.training.export import export_run
 from model_training.training.fixtures import write_labelled_tones
@@ -308,3 +310,35 @@ def test_card_names_the_decoder_before_and_after_an_lm_is_attached(
     attach_lm(bundle, lm, LMDecoderConfig(str(lm)))
     card = (bundle / "README.md").read_text()
     assert card.count("## Decoding") == 1 and "## Weight interpolation\n\nMixed." in card
+
+
+def test_evaluate_per_engine_scores_each_engine_of_the_speaker_ids(student_run: Path, tmp_path):
+    """--per-engine groups utterances by the speaker id's part before ':' and scores each group
+    on exactly its own utterances (checked against the per-utterance details)."""
+    from model_training.data.manifest import read_manifest, write_manifest
+
+    clips = [(0.7, "A B"), (1.1, "HELLO"), (0.5, "YES"), (0.9, "NO WAY")]
+    tones = read_manifest(write_labelled_tones(tmp_path / "eval", clips))
+    speakers = ["espeak:en-us+f3", "kokoro:af_kore", "espeak:en", "plain"]
+    entries = [replace(e, speaker=s) for e, s in zip(tones, speakers, strict=True)]
+    manifest = write_manifest(tmp_path / "eval" / "engines.tsv", entries)
+    details, output = tmp_path / "details.jsonl", tmp_path / "scores.json"
+    args = ["evaluate", "--model", str(student_run), "--manifest", str(manifest)]
+    result = CliRunner().invoke(
+        app, [*args, "--per-engine", "--details", str(details), "--output", str(output)]
+    )
+    assert result.exit_code == 0, result.output
+    by_engine = json.loads(output.read_text())["by_engine"]
+    assert {k: v["utterances"] for k, v in by_engine.items()} == {
+        "espeak": 2,
+        "kokoro": 1,
+        "plain": 1,
+    }
+    rows = {row["id"]: row for row in map(json.loads, details.read_text().splitlines())}
+    for engine, members in {"espeak": [0, 2], "kokoro": [1], "plain": [3]}.items():
+        picked = [rows[entries[k].id] for k in members]
+        expected = score([r["ref"] for r in picked], [r["hyp"] for r in picked])
+        assert by_engine[engine]["wer"] == pytest.approx(expected["wer"])
+        assert by_engine[engine]["cer"] == pytest.approx(expected["cer"])
+    plain = CliRunner().invoke(app, [*args, "--output", str(output)])
+    assert plain.exit_code == 0 and "by_engine" not in json.loads(output.read_text())

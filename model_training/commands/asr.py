@@ -110,6 +110,12 @@ def evaluate(
     beam_size: int | None = typer.Option(
         None, "--beam-size", min=1, help="--decoder lm: beam size (default 500)."
     ),
+    per_engine: bool = typer.Option(
+        False,
+        "--per-engine",
+        help="Also score each TTS engine (by_engine): speaker ids grouped by the part before "
+        "':', as a synthetic corpus writes them (engine:voice).",
+    ),
 ) -> None:
     """Print JSON: wer, cer (a PR head: per), utterances, audio_seconds, rtf, parameters."""
     from model_training.decoding import DEFAULT_BEAM_SIZE, LMDecoderConfig
@@ -138,6 +144,7 @@ def evaluate(
         task=task,
         decoder=decoder,
         lm=lm_config,
+        per_engine=per_engine,
     )
     text = json.dumps(result, indent=2)
     if output:

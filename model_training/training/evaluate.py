@@ -416,9 +416,14 @@ def evaluate_recognizer(
     num_workers: int = 0,
     details: list[dict[str, Any]] | None = None,
     precision: str = "fp32",
+    per_engine: bool = False,
 ) -> dict[str, Any]:
     """WER, CER, utterances, audio seconds, real-time factor and parameters on a manifest
     (a PR head: `per` instead of WER and CER, against the manifest's phones).
+
+    `per_engine`: also score each group of utterances whose speaker ids share the part before
+    the first ':' (a synthetic corpus's "engine:voice" ids, e.g. "espeak:en-us+f3"), under
+    `by_engine` = {engine: {metrics..., "utterances": n}}; an id without ':' is its own group.
 
     `precision`: fp32, or bf16 (CPU or CUDA) / fp16 (CUDA) autocast, to check what reduced
     precision costs in accuracy before serving with it.
@@ -437,6 +442,7 @@ def evaluate_recognizer(
     sr = int(model.sample_rate)
     refs: list[str] = []
     hyps: list[str] = []
+    engines: list[str] = []
     compute = 0.0
     audio_seconds = 0.0
     warm = False
@@ -459,12 +465,19 @@ def evaluate_recognizer(
         for i, tr in zip(indices, transcripts, strict=True):
             refs.append(manifest[i].text)
             hyps.append(tr.text)
+            engines.append(manifest[i].speaker.split(":", 1)[0])
             if details is not None:
                 ref = normalize_text(manifest[i].text) if task.name == "asr" else manifest[i].text
                 details.append({"id": manifest[i].id, "ref": ref, "hyp": tr.text})
     metrics = task.score(refs, hyps)
+    by_engine: dict[str, dict[str, Any]] = {}
+    for engine in sorted(set(engines)) if per_engine else ():
+        members = [k for k, e in enumerate(engines) if e == engine]
+        scores = task.score([refs[k] for k in members], [hyps[k] for k in members])
+        by_engine[engine] = {**{m: scores.get(m) for m in task.metrics}, "utterances": len(members)}
     return {
         **{m: metrics.get(m) for m in task.metrics},
+        **({"by_engine": by_engine} if per_engine else {}),
         "task": task.name,
         "utterances": len(manifest),
         "audio_seconds": audio_seconds,
@@ -493,6 +506,7 @@ def evaluate(
     task: str | None = None,
     decoder: str = "auto",
     lm: LMDecoderConfig | None = None,
+    per_engine: bool = False,
 ) -> dict[str, Any]:
     """Load `model_dir` (bundle or run), evaluate on `manifest` (see `evaluate_recognizer`).
 
@@ -515,6 +529,7 @@ def evaluate(
         num_workers=num_workers,
         details=details,
         precision=precision,
+        per_engine=per_engine,
     )
     result["manifest"] = str(manifest)
     if details_path and details is not None:
