@@ -272,7 +272,8 @@ $(S)/eval_bundle_default: $(S)/export_default
 	  manifest=$(M)/$$split.tsv; [ $$split = dev ] && manifest=$(DATA)/dev.tsv; \
 	  for dec in greedy lm; do d=$$dec; [ $$dec = lm ] && d=auto; \
 	    $(TORCH1) $(HL) evaluate --model $(OUT)/bundles/default --manifest $$manifest \
-	      --decoder $$d --output $(OUT)/eval/bundle_default.$$dec.$$split.json || exit 1; \
+	      --decoder $$d --per-engine --output $(OUT)/eval/bundle_default.$$dec.$$split.json \
+	      || exit 1; \
 	  done; done'
 
 # ---- probes (issue 16): a phone-recognition (PR) head and a speaker-identification (SID)

@@ -429,6 +429,8 @@ def decoding_rows(runs: Path) -> dict[str, Any] | None:
                 return None
             result = json.loads(path.read_text())
             scores[split] = {"wer": result["wer"], "cer": result["cer"], "rtf": result["rtf"]}
+            if result.get("by_engine"):  # evaluate --per-engine
+                scores[split]["by_engine"] = result["by_engine"]
         rows.append({"decoder": what, **scores})
     config_path = runs / "bundles" / "default" / "config.json"
     config = json.loads(config_path.read_text()) if config_path.is_file() else {}
@@ -460,6 +462,7 @@ def _decoding_section(decoding: dict[str, Any]) -> list[str]:
     for row in decoding["rows"]:
         cells = " | ".join(f"{_pct(row[s]['wer'])} | {_pct(row[s]['cer'])}" for s in SPLITS)
         lines.append(f"| {row['decoder']} | {cells} |")
+    lines += _per_engine_lines(decoding["rows"], names)
     mix = decoding.get("interpolation")
     if mix:
         grid = ", ".join(f"{w}: {_pct(cer)}" for w, cer in (mix.get("grid_dev_cer") or {}).items())
@@ -471,6 +474,24 @@ def _decoding_section(decoding: dict[str, Any]) -> list[str]:
             f"and 1 as recorded: {grid or '-'}).",
         ]
     return lines
+
+
+def _per_engine_lines(rows: list[dict[str, Any]], names: tuple[str, ...]) -> list[str]:
+    """One line per decoder: CER % per TTS engine on each split that `evaluate --per-engine`
+    scored (utterances in brackets); nothing when no split was."""
+    lines = []
+    for row in rows:
+        parts = []
+        for split, name in zip(SPLITS, names, strict=True):
+            engines = row[split].get("by_engine") or {}
+            cells = ", ".join(
+                f"{engine} {_pct(s['cer'])} ({s['utterances']})" for engine, s in engines.items()
+            )
+            if cells:
+                parts.append(f"{name}: {cells}")
+        if parts:
+            lines.append(f"- {row['decoder']}, CER % per engine: " + "; ".join(parts) + ".")
+    return ["", *lines] if lines else []
 
 
 def render_markdown(result: dict[str, Any]) -> str:

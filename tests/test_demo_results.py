@@ -224,3 +224,31 @@ def test_a_continued_interpolated_bundle_is_named_with_its_weights(results, tmp_
     assert results.continued_what(bundle, None) == expected
     recorded = {"run": "/y/ft_a", "step": 7000, "interpolation_weight": None}
     assert results.continued_what(bundle, recorded) == f"the bundle {bundle} (from ft_a, step 7000)"
+
+
+def test_decoding_section_lists_per_engine_cers_when_evaluated_per_engine(results, tmp_path):
+    """eval JSON from `evaluate --per-engine` adds one line per decoder with each split's
+    engines; splits scored without it are left out of the line, and no line without any."""
+    runs = tmp_path / "runs"
+    (runs / "eval").mkdir(parents=True)
+    per_engine = {
+        "espeak": {"cer": 0.182, "utterances": 35},
+        "kokoro": {"cer": 0.143, "utterances": 96},
+    }
+    for dec in ("greedy", "lm"):
+        for split in results.SPLITS:
+            score = {"wer": 0.4, "cer": 0.2, "rtf": 0.01}
+            if dec == "greedy" and split == "dev":
+                score["by_engine"] = per_engine
+            (runs / "eval" / f"bundle_default.{dec}.{split}.json").write_text(json.dumps(score))
+    text = "\n".join(results._decoding_section(results.decoding_rows(runs)))
+    assert (
+        "- greedy (best path, no LM), CER % per engine: dev: espeak 18.2 (35), kokoro 14.3 (96)."
+        in text
+    )
+    assert "beam search, CER % per engine" not in text
+    for split in results.SPLITS:
+        path = runs / "eval" / f"bundle_default.greedy.{split}.json"
+        path.write_text(json.dumps({"wer": 0.4, "cer": 0.2, "rtf": 0.01}))
+    text = "\n".join(results._decoding_section(results.decoding_rows(runs)))
+    assert "per engine" not in text
