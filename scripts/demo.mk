@@ -245,7 +245,7 @@ STREAMING_CANDIDATES ?= ft_causal_all
 EXPORT := $(PY) scripts/demo_export.py --runs $(OUT) --fp16-manifest $(M)/test_neural.tsv \
   --corpus-card $(DATA)/card.json
 # weights of a continuation (ft_dkd_all_shipped) against the bundle it continued, tried on dev
-INTERPOLATE_GRID ?= 0.3 0.4 0.5 0.6 0.7
+INTERPOLATE_GRID ?= 0.1 0.2 0.3 0.4 0.5 0.6 0.7
 $(S)/export_default: $(DEFAULT_CANDIDATES:%=$(S)/eval_%) $(S)/lm
 	$(STAGE) $@ bash -c '$(TORCH1) $(EXPORT) --candidates "$(DEFAULT_CANDIDATES)" \
 	  --interpolate-grid "$(INTERPOLATE_GRID)" --out $(OUT)/bundles/default --name hubert-lstm-demo && \
